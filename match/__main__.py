@@ -1,0 +1,5 @@
+"""``python -m match`` runs the command line."""
+
+from match.cli import main
+
+main()

@@ -1,0 +1,193 @@
+"""Settings: one declarative table, read in one place.
+
+Every setting is a :class:`Setting` (environment name, default, parser, help), in the
+spirit of datasette's ``SETTINGS``. ``tests/test_docs.py`` fails when one is missing
+from README.md, so the table and the docs can't drift.
+
+Config flows one way (as in flask's tutorial factory and HMA's ``OMM_*`` env):
+
+1. the defaults below,
+2. a file named by ``MATCH_CONFIG`` (TOML or JSON, keys are the setting names),
+3. the environment (``MATCH_*`` and ``ELASTICSEARCH_URL``),
+4. the mapping passed to :func:`load` (tests).
+
+Only this module and :mod:`match.app` read ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Setting", "SETTINGS", "load", "parse_bool"]
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def parse_bool(value: str | bool) -> bool:
+    """Parse a boolean strictly: true/false, 1/0, yes/no, on/off (any case)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"expected a boolean (true/false, 1/0, yes/no, on/off), got {value!r}")
+
+
+def _positive_int(value: str | int) -> int:
+    number = int(value)
+    if number <= 0:
+        raise ValueError(f"expected a positive integer, got {value!r}")
+    return number
+
+
+def _non_negative_int(value: str | int) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError(f"expected an integer >= 0, got {value!r}")
+    return number
+
+
+def _unit_float(value: str | float) -> float:
+    number = float(value)
+    if not 0.0 <= number <= 1.0:
+        raise ValueError(f"expected a number between 0 and 1, got {value!r}")
+    return number
+
+
+def _positive_float(value: str | float) -> float:
+    number = float(value)
+    if number <= 0:
+        raise ValueError(f"expected a positive number, got {value!r}")
+    return number
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}; got {value!r}")
+        return value
+
+    return parse
+
+
+def _string(value: str) -> str:
+    return str(value)
+
+
+def _string_list(value: str | list[str]) -> list[str]:
+    if isinstance(value, list):
+        return [str(item) for item in value]
+    return [item.strip() for item in str(value).split(",") if item.strip()]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: its environment name, default, parser and a line of help."""
+
+    name: str
+    default: Any
+    help: str
+    parse: Callable[[Any], Any] = _string
+
+
+SETTINGS: tuple[Setting, ...] = (
+    # --- store -------------------------------------------------------------------
+    Setting("MATCH_STORE", "auto", "Which store: `local` (embedded SQLite), `elasticsearch`, "
+            "or `auto` (Elasticsearch when ELASTICSEARCH_URL is set, else local).",
+            _choice("auto", "local", "elasticsearch")),
+    Setting("MATCH_DATA_DIR", "./match-data", "Directory of the embedded store (and kept crowd "
+            "images); created if missing."),
+    Setting("ELASTICSEARCH_URL", "", "Elasticsearch URL(s), comma-separated, e.g. "
+            "`http://127.0.0.1:9200`. Setting it selects the Elasticsearch store."),
+    Setting("MATCH_INDEX", "images", "Elasticsearch index name."),
+    Setting("MATCH_ES_API_KEY", "", "Elasticsearch API key (base64 `id:key`), if the cluster needs one."),
+    Setting("MATCH_ES_USERNAME", "", "Elasticsearch basic-auth user."),
+    Setting("MATCH_ES_PASSWORD", "", "Elasticsearch basic-auth password."),
+    Setting("MATCH_ES_CA_CERTS", "", "Path to the CA bundle that signed the cluster's TLS certificate."),
+    Setting("MATCH_ES_TIMEOUT", 5.0, "Seconds before an Elasticsearch request counts as failed (503).",
+            _positive_float),
+    Setting("MATCH_ES_KNN", True, "Also retrieve candidates by kNN on the signature vector "
+            "(recall beyond the word query).", parse_bool),
+    Setting("MATCH_ES_REFRESH", "wait_for", "Refresh policy of single adds: `wait_for` (an "
+            "acknowledged add is searchable), `false` (faster, searchable within ~1 s) or `true`.",
+            _choice("wait_for", "false", "true")),
+    # --- search ------------------------------------------------------------------
+    Setting("MATCH_CUTOFF", 0.45, "Largest normalized signature distance reported as a match "
+            "(score = (1 - distance) x 100, so 0.45 means score >= 55).", _unit_float),
+    Setting("MATCH_SEARCH_LIMIT", 10, "Default number of results of /search (`limit` overrides).",
+            _positive_int),
+    Setting("MATCH_MAX_SEARCH_LIMIT", 1000, "Largest `limit` a client may ask of /search and /list.",
+            _positive_int),
+    # --- images ------------------------------------------------------------------
+    Setting("MATCH_MAX_UPLOAD_BYTES", 20 * 1024 * 1024, "Largest request body / fetched image, in bytes (413).",
+            _positive_int),
+    Setting("MATCH_MAX_PIXELS", 50_000_000, "Largest image in pixels, checked before decoding (413).",
+            _positive_int),
+    Setting("MATCH_EXIF_TRANSPOSE", False, "Apply the EXIF orientation before signing (image-match ignores "
+            "it; all-orientation search covers rotated photos either way).", parse_bool),
+    Setting("MATCH_FETCH_TIMEOUT", 10.0, "Seconds allowed to fetch a `url` (connect and each read).",
+            _positive_float),
+    Setting("MATCH_FETCH_ALLOW_NETWORKS", [], "Comma-separated CIDRs `url` may resolve to beyond public "
+            "addresses (e.g. `127.0.0.0/8,10.0.0.0/8`). Private, loopback, link-local and metadata "
+            "addresses are refused otherwise.", _string_list),
+    # --- server ------------------------------------------------------------------
+    Setting("MATCH_HOST", "127.0.0.1", "Address `match serve` binds."),
+    Setting("MATCH_PORT", 8000, "Port `match serve` binds.", _positive_int),
+    Setting("MATCH_WORKERS", 0, "gunicorn workers; 0 means 2 x CPU cores.", _non_negative_int),
+    Setting("MATCH_TIMEOUT", 60, "gunicorn worker timeout in seconds.", _positive_int),
+    Setting("MATCH_LOG_LEVEL", "info", "Log level: debug, info, warning, error.",
+            _choice("debug", "info", "warning", "error")),
+)
+
+_BY_NAME = {setting.name: setting for setting in SETTINGS}
+
+
+def _read_file(path: str) -> dict[str, Any]:
+    text = Path(path).read_text(encoding="utf-8")
+    if path.endswith(".json"):
+        data = json.loads(text)
+    else:
+        data = tomllib.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a table of settings")
+    return data
+
+
+def load(overrides: Mapping[str, Any] | None = None,
+         environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Return every setting's value: defaults, then MATCH_CONFIG file, env, overrides.
+
+    Raises ValueError naming the setting when a value does not parse.
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {setting.name: setting.default for setting in SETTINGS}
+    layers: list[Mapping[str, Any]] = []
+    if env.get("MATCH_CONFIG"):
+        layers.append(_read_file(env["MATCH_CONFIG"]))
+    layers.append({name: env[name] for name in _BY_NAME if name in env})
+    if overrides:
+        layers.append(overrides)
+    for layer in layers:
+        for name, raw in layer.items():
+            setting = _BY_NAME.get(name)
+            if setting is None:
+                if name.startswith("MATCH_") and layer is not overrides:
+                    raise ValueError(f"unknown setting {name}; known: {', '.join(sorted(_BY_NAME))}")
+                values[name] = raw  # extra keys (e.g. Flask's TESTING) pass through
+                continue
+            try:
+                values[name] = raw if raw is setting.default else setting.parse(raw)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{name}: {exc}") from exc
+    if values["MATCH_STORE"] == "auto":
+        values["MATCH_STORE"] = "elasticsearch" if values["ELASTICSEARCH_URL"] else "local"
+    return values
