@@ -191,3 +191,24 @@ def load(overrides: Mapping[str, Any] | None = None,
     if values["MATCH_STORE"] == "auto":
         values["MATCH_STORE"] = "elasticsearch" if values["ELASTICSEARCH_URL"] else "local"
     return values
+
+
+def markdown_table() -> str:
+    """The settings as a Markdown table (README.md's "Settings" section is this text)."""
+    rows = ["| setting | default | what it does |", "| --- | --- | --- |"]
+    for setting in SETTINGS:
+        default = setting.default
+        if isinstance(default, bool):
+            shown = str(default).lower()
+        elif isinstance(default, list):
+            shown = ",".join(default) or "(empty)"
+        elif default == "":
+            shown = "(empty)"
+        else:
+            shown = str(default)
+        rows.append(f"| `{setting.name}` | `{shown}` | {setting.help} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown_table(), end="")
