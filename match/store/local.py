@@ -1,0 +1,453 @@
+"""The embedded default store: SQLite on disk, an exact scan in memory.
+
+Nothing to install and nothing to run: one SQLite file, ``<MATCH_DATA_DIR>/match.sqlite3``,
+is the truth, and each process keeps a float32 copy of every signature to scan.
+
+On disk
+    One row per image in ``images`` (``filepath`` primary key, the 648-byte int8
+    ``signature``, JSON ``metadata``, ``sha256``, ``added_at``) plus ``seq``, the
+    generation that last wrote the row. ``state`` holds the one ``generation`` counter;
+    ``deletions`` holds a tombstone (filepath, seq) per deleted filepath. The schema
+    version lives in ``PRAGMA user_version``; a newer file than this code knows is
+    refused with :class:`~match.errors.StoreError` rather than misread.
+
+Writing
+    Every write is one ``BEGIN IMMEDIATE`` transaction that bumps ``generation`` and
+    stamps the rows it touches with the new value: an upsert is ``INSERT ... ON
+    CONFLICT(filepath) DO UPDATE`` (so 16 processes adding one filepath leave one row),
+    a delete removes the row and records a tombstone. ``upsert_many`` writes its whole
+    batch in one transaction, so a process killed half way leaves none of it.
+    The journal is WAL with ``synchronous=FULL``: the WAL is fsynced at every commit,
+    so an add the API has acknowledged survives a power cut, not only a crashed
+    process (``NORMAL`` would only promise the latter). The fsync costs a few
+    milliseconds per commit, which is small next to decoding and signing an image, and
+    bulk loads pay it once per batch.
+
+Searching
+    Each process keeps every signature as a float32 ``(n, 648)`` matrix with squared
+    norms. Because ``|a - b|^2 = |a|^2 + |b|^2 - 2 a.b``, one BLAS matmul against the
+    ``(648, k)`` queries (k = 8 orientations) gives every distance; signature values are
+    small integers, so the products are exact in float32. Rows within the cutoff (plus a
+    hair of slack) are reranked with :func:`match.signature.distances`, the one distance
+    every backend uses, and deduped by :func:`match.store.base.best_matches`. Metadata
+    is read from SQLite for the final hits only, so it costs no memory per image.
+
+Several processes (gunicorn workers)
+    Before each search, a process reads ``generation`` (one tiny query) inside the
+    read transaction the search uses. If another process has written since, it reads
+    only the rows with ``seq`` above its cached generation and the tombstones above it,
+    so an add elsewhere costs one indexed query here, never a reload. A generation
+    *lower* than the cached one means the file was replaced (a restored backup): the
+    cache is rebuilt from scratch.
+
+Threads and fork
+    SQLite connections are opened lazily, one per thread, and belong to the process
+    that opened them: when :func:`os.getpid` changes (gunicorn forks its workers after
+    the app is built) the child starts afresh with new connections, a new lock and an
+    empty cache, and never touches, nor closes, what it inherited. Searches in one
+    process take turns on a lock (the scan itself is multithreaded BLAS).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sqlite3
+import threading
+import time
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from match import signature as sig
+from match.errors import StoreError, StoreUnavailable
+from match.store.base import Match, Record, SignatureStore, best_matches
+
+__all__ = ["LocalStore", "SCHEMA_VERSION", "DATABASE_NAME"]
+
+#: ``PRAGMA user_version`` of the files this code writes.
+SCHEMA_VERSION = 1
+
+#: File name of the database inside ``MATCH_DATA_DIR``.
+DATABASE_NAME = "match.sqlite3"
+
+_SCHEMA = """
+CREATE TABLE images (
+    filepath  TEXT PRIMARY KEY,
+    signature BLOB NOT NULL,      -- 648 bytes, int8
+    metadata  TEXT NOT NULL,      -- a JSON object
+    sha256    TEXT,
+    added_at  REAL NOT NULL,      -- seconds since the epoch
+    seq       INTEGER NOT NULL    -- the generation that last wrote this row
+);
+CREATE INDEX images_seq ON images (seq);
+CREATE TABLE deletions (
+    filepath  TEXT PRIMARY KEY,
+    seq       INTEGER NOT NULL    -- the generation that deleted it
+);
+CREATE INDEX deletions_seq ON deletions (seq);
+CREATE TABLE state (
+    id         INTEGER PRIMARY KEY CHECK (id = 0),
+    generation INTEGER NOT NULL   -- bumped by every write transaction
+);
+INSERT INTO state (id, generation) VALUES (0, 0);
+"""
+
+_UPSERT = """
+INSERT INTO images (filepath, signature, metadata, sha256, added_at, seq) VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (filepath) DO UPDATE SET
+    signature = excluded.signature, metadata = excluded.metadata, sha256 = excluded.sha256,
+    added_at = excluded.added_at, seq = excluded.seq
+"""
+
+# Filepaths bound per ``IN (...)`` query: below SQLite's oldest variable limit (999).
+_CHUNK = 500
+
+# Rows read per slice when (re)loading the cache.
+_LOAD_SLICE = 20_000
+
+# Connections a forked child inherited from its parent. SQLite must not use (or close)
+# a connection across fork, and dropping the last reference would close it, so they
+# are kept here, untouched, for the life of the child.
+_INHERITED: list[object] = []
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    """Turn sqlite3 errors into match errors: lock, I/O and read-only ones mean 503."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        raise StoreUnavailable(f"the local store is unavailable: {exc}") from exc
+    except sqlite3.Error as exc:
+        raise StoreError(f"the local store failed: {exc}") from exc
+
+
+class _Matrix:
+    """Every signature of the store as float32 rows, for the matmul scan.
+
+    Rows ``[0, size)`` of ``vectors`` are live; ``paths[i]`` names row ``i`` and
+    ``slots`` maps back. A removed row is replaced by the last one, so the live rows
+    stay contiguous. ``generation`` is the store generation the rows reflect.
+    """
+
+    def __init__(self) -> None:
+        self.vectors = np.zeros((0, sig.SIGNATURE_LENGTH), dtype=np.float32)
+        self.norms2 = np.zeros(0, dtype=np.float32)
+        self.paths: list[str] = []
+        self.slots: dict[str, int] = {}
+        self.generation = 0
+
+    @property
+    def size(self) -> int:
+        """Number of live rows."""
+        return len(self.paths)
+
+    def put(self, paths: Sequence[str], signatures: np.ndarray) -> None:
+        """Insert or replace rows; ``signatures`` is int8 ``(len(paths), 648)``."""
+        rows = signatures.astype(np.float32)
+        norms2 = np.einsum("ij,ij->i", rows, rows)
+        targets = np.empty(len(paths), dtype=np.intp)
+        for i, path in enumerate(paths):
+            slot = self.slots.get(path)
+            if slot is None:
+                slot = self.slots[path] = len(self.paths)
+                self.paths.append(path)
+            targets[i] = slot
+        self._reserve(len(self.paths))
+        self.vectors[targets] = rows
+        self.norms2[targets] = norms2
+
+    def remove(self, path: str) -> None:
+        """Drop the row of ``path`` if there is one (the last row moves into its slot)."""
+        slot = self.slots.pop(path, None)
+        if slot is None:
+            return
+        last = len(self.paths) - 1
+        if slot != last:
+            moved = self.paths[last]
+            self.paths[slot] = moved
+            self.slots[moved] = slot
+            self.vectors[slot] = self.vectors[last]
+            self.norms2[slot] = self.norms2[last]
+        self.paths.pop()
+
+    def _reserve(self, size: int) -> None:
+        capacity = self.vectors.shape[0]
+        if size <= capacity:
+            return
+        # Grow by half again so a stream of single adds copies the matrix rarely.
+        capacity = max(size, capacity + capacity // 2, 1024)
+        vectors = np.zeros((capacity, sig.SIGNATURE_LENGTH), dtype=np.float32)
+        norms2 = np.zeros(capacity, dtype=np.float32)
+        live = self.vectors.shape[0]
+        vectors[:live] = self.vectors
+        norms2[:live] = self.norms2
+        self.vectors, self.norms2 = vectors, norms2
+
+    def scan(self, queries: np.ndarray, cutoff: float) -> tuple[np.ndarray, np.ndarray]:
+        """Rows that may lie within ``cutoff`` of any query, and their exact distances.
+
+        ``queries`` is int8 ``(k, 648)``. Returns ``(rows, distances)``: row indices and,
+        for each, the smallest :func:`match.signature.distances` over the queries.
+        """
+        n = self.size
+        vectors, norms2 = self.vectors[:n], self.norms2[:n]
+        q = queries.astype(np.float32)
+        q_norms2 = np.einsum("ij,ij->i", q, q)
+        squared = norms2[:, np.newaxis] + q_norms2[np.newaxis, :] - 2.0 * (vectors @ q.T)
+        # distance <= cutoff  <=>  |a - b|^2 <= (cutoff * (|a| + |b|))^2. The slack only
+        # lets in borderline rows; the exact rerank below decides.
+        bound = cutoff * (np.sqrt(norms2)[:, np.newaxis] + np.sqrt(q_norms2)[np.newaxis, :])
+        near = squared <= bound * bound * np.float32(1.0 + 1e-5) + np.float32(1e-3)
+        rows = np.flatnonzero(near.any(axis=1))
+        if rows.size == 0:
+            return rows, np.zeros(0)
+        candidates = vectors[rows].astype(np.int8)
+        exact = np.stack([sig.distances(query, candidates) for query in queries])
+        return rows, exact.min(axis=0)
+
+
+class _Connection(sqlite3.Connection):
+    """A plain connection that can be weakly referenced.
+
+    :class:`LocalStore` tracks its threads' connections in a ``WeakSet``, so the one
+    of a finished thread is closed as soon as the thread's ``threading.local`` lets go
+    (a thread-per-request server would otherwise leak a file handle per request).
+    """
+
+
+@dataclasses.dataclass
+class _ProcessState:
+    """What belongs to one process: its connections, its cache and the lock on it."""
+
+    pid: int
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    matrix: _Matrix = dataclasses.field(default_factory=_Matrix)
+    local: threading.local = dataclasses.field(default_factory=threading.local)
+    connections: weakref.WeakSet[_Connection] = dataclasses.field(default_factory=weakref.WeakSet)
+
+
+class LocalStore(SignatureStore):
+    """The embedded store: a SQLite file under ``MATCH_DATA_DIR``, scanned in memory.
+
+    >>> store = LocalStore.from_config({"MATCH_DATA_DIR": "./match-data"})  # doctest: +SKIP
+    >>> store.upsert(Record("cat.jpg", signature, {"id": 7}))              # doctest: +SKIP
+    >>> store.search(match.signature.generate_all(grey))                   # doctest: +SKIP
+    [Match(filepath='cat.jpg', distance=0.0, metadata={'id': 7})]
+
+    ``timeout`` is how many seconds a write waits for another writer's lock (SQLite's
+    busy timeout) before giving up with :class:`~match.errors.StoreUnavailable`.
+    """
+
+    name = "local"
+
+    def __init__(self, path: str | os.PathLike[str], *, timeout: float = 10.0) -> None:
+        self.path = Path(path)
+        self.timeout = timeout
+        self._state = _ProcessState(os.getpid())
+        self._closed = False
+        with _translated():
+            self._initialize(self._connection())
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> LocalStore:
+        """Open (creating if needed) ``<MATCH_DATA_DIR>/match.sqlite3``."""
+        data_dir = Path(config["MATCH_DATA_DIR"])
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot create MATCH_DATA_DIR {str(data_dir)!r}: {exc}") from exc
+        return cls(data_dir / DATABASE_NAME)
+
+    # --- connections -----------------------------------------------------------------
+
+    def _process(self) -> _ProcessState:
+        """This process's state; a forked child leaves its parent's behind, unused."""
+        state = self._state
+        if state.pid != os.getpid():
+            _INHERITED.append(state)
+            state = self._state = _ProcessState(os.getpid())
+        return state
+
+    def _connection(self) -> sqlite3.Connection:
+        """This thread's connection, opened on first use."""
+        if self._closed:
+            raise StoreError("the local store is closed")
+        state = self._process()
+        connection: _Connection | None = getattr(state.local, "connection", None)
+        if connection is None:
+            # isolation_level=None: transactions are the explicit BEGIN/COMMIT below.
+            # check_same_thread=False only so close() can close every thread's one.
+            connection = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None,
+                                         check_same_thread=False, factory=_Connection)
+            connection.execute("PRAGMA journal_mode = WAL")
+            connection.execute("PRAGMA synchronous = FULL")
+            state.local.connection = connection
+            with state.lock:
+                state.connections.add(connection)
+        return connection
+
+    @staticmethod
+    @contextmanager
+    def _transaction(connection: sqlite3.Connection, mode: str = "") -> Iterator[None]:
+        """``BEGIN [IMMEDIATE]`` ... ``COMMIT``, rolled back on any error."""
+        connection.execute(f"BEGIN {mode}")
+        try:
+            yield
+        except BaseException:
+            if connection.in_transaction:  # SQLite rolls back by itself after some errors
+                connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+
+    def _initialize(self, connection: sqlite3.Connection) -> None:
+        """Create the schema in a new file; refuse a file from a newer match."""
+        with self._transaction(connection, "IMMEDIATE"):
+            version = connection.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"{self.path} has schema version {version}, newer than this match "
+                                 f"understands ({SCHEMA_VERSION}); upgrade match to open it")
+            if version == 0:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        connection.execute(statement)
+                connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @staticmethod
+    def _next_generation(connection: sqlite3.Connection) -> int:
+        """Bump the generation counter (inside a write transaction) and return it."""
+        connection.execute("UPDATE state SET generation = generation + 1 WHERE id = 0")
+        generation: int = connection.execute("SELECT generation FROM state WHERE id = 0").fetchone()[0]
+        return generation
+
+    # --- the SignatureStore methods --------------------------------------------------
+
+    def _upsert_many(self, records: Sequence[Record]) -> None:
+        now = time.time()
+        with _translated():
+            connection = self._connection()
+            with self._transaction(connection, "IMMEDIATE"):
+                generation = self._next_generation(connection)
+                connection.executemany(_UPSERT, (
+                    (record.filepath, record.signature.tobytes(),
+                     json.dumps(record.metadata, ensure_ascii=False, allow_nan=False),
+                     record.sha256, now if record.added_at is None else record.added_at, generation)
+                    for record in records))
+                connection.executemany("DELETE FROM deletions WHERE filepath = ?",
+                                       ((record.filepath,) for record in records))
+
+    def _delete(self, filepath: str) -> bool:
+        with _translated():
+            connection = self._connection()
+            with self._transaction(connection, "IMMEDIATE"):
+                if connection.execute("DELETE FROM images WHERE filepath = ?", (filepath,)).rowcount == 0:
+                    return False
+                generation = self._next_generation(connection)
+                connection.execute("INSERT INTO deletions (filepath, seq) VALUES (?, ?) "
+                                   "ON CONFLICT (filepath) DO UPDATE SET seq = excluded.seq",
+                                   (filepath, generation))
+        return True
+
+    def _get(self, filepath: str) -> Record | None:
+        with _translated():
+            row = self._connection().execute(
+                "SELECT signature, metadata, sha256, added_at FROM images WHERE filepath = ?",
+                (filepath,)).fetchone()
+        if row is None:
+            return None
+        signature, metadata, sha256, added_at = row
+        return Record(filepath, np.frombuffer(signature, dtype=np.int8).copy(), json.loads(metadata),
+                      sha256, added_at)
+
+    def _search(self, queries: np.ndarray, size: int, cutoff: float) -> list[Match]:
+        state = self._process()
+        with _translated(), state.lock:
+            connection = self._connection()
+            # One read transaction: the cache refresh and the metadata of the hits come
+            # from the same snapshot. The lock is taken first, so no other thread can
+            # have moved the cache past this snapshot.
+            with self._transaction(connection):
+                matrix = self._refresh(connection, state)
+                if matrix.size == 0:
+                    return []
+                rows, distances = matrix.scan(queries, cutoff)
+                paths = [matrix.paths[row] for row in rows.tolist()]
+                ranked = best_matches(paths, distances, [{}] * len(paths), size, cutoff)
+                metadata = self._metadata(connection, [hit.filepath for hit in ranked])
+        return [dataclasses.replace(hit, metadata=metadata[hit.filepath]) for hit in ranked]
+
+    def _count(self) -> int:
+        with _translated():
+            count: int = self._connection().execute("SELECT count(*) FROM images").fetchone()[0]
+        return count
+
+    def _list(self, offset: int, limit: int) -> list[str]:
+        with _translated():
+            rows = self._connection().execute(
+                "SELECT filepath FROM images ORDER BY filepath LIMIT ? OFFSET ?", (limit, offset)).fetchall()
+        return [filepath for (filepath,) in rows]
+
+    def check(self) -> None:
+        """Raise StoreUnavailable unless the file can be read and its write lock taken.
+
+        The probe write is rolled back, so a read-only or corrupt file, or a writer
+        holding the lock longer than ``timeout``, fails the check and nothing changes.
+        """
+        try:
+            connection = self._connection()
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                connection.execute("UPDATE state SET generation = generation WHERE id = 0")
+            finally:
+                connection.execute("ROLLBACK")
+        except (sqlite3.Error, StoreError) as exc:
+            raise StoreUnavailable(f"the local store at {self.path} is unavailable: {exc}") from exc
+
+    def close(self) -> None:
+        """Close this process's connections; the store must not be used afterwards."""
+        self._closed = True
+        state = self._process()
+        with state.lock:
+            for connection in list(state.connections):
+                connection.close()
+            state.matrix = _Matrix()
+
+    # --- the in-memory cache ---------------------------------------------------------
+
+    def _refresh(self, connection: sqlite3.Connection, state: _ProcessState) -> _Matrix:
+        """Bring ``state.matrix`` up to the generation of the current read snapshot."""
+        generation: int = connection.execute("SELECT generation FROM state WHERE id = 0").fetchone()[0]
+        matrix = state.matrix
+        if generation == matrix.generation:
+            return matrix
+        if generation < matrix.generation:  # the file was replaced: start again
+            matrix = state.matrix = _Matrix()
+        since = matrix.generation
+        for (filepath,) in connection.execute("SELECT filepath FROM deletions WHERE seq > ?", (since,)):
+            matrix.remove(filepath)
+        cursor = connection.execute("SELECT filepath, signature FROM images WHERE seq > ?", (since,))
+        # In slices, so a first load of a million rows never holds them all as bytes.
+        while rows := cursor.fetchmany(_LOAD_SLICE):
+            paths, blobs = zip(*rows, strict=True)
+            signatures = np.frombuffer(b"".join(blobs), dtype=np.int8)
+            matrix.put(paths, signatures.reshape(len(rows), sig.SIGNATURE_LENGTH))
+        matrix.generation = generation
+        return matrix
+
+    @staticmethod
+    def _metadata(connection: sqlite3.Connection, filepaths: Sequence[str]) -> dict[str, Any]:
+        """filepath -> decoded metadata, for a few filepaths (the hits)."""
+        metadata: dict[str, Any] = {}
+        for start in range(0, len(filepaths), _CHUNK):
+            chunk = filepaths[start:start + _CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            for filepath, text in connection.execute(
+                    f"SELECT filepath, metadata FROM images WHERE filepath IN ({marks})", chunk):
+                metadata[filepath] = json.loads(text)
+        return metadata

@@ -1,0 +1,1 @@
+"""Store tests: the backend-neutral contract (test_contract.py) and local-only properties."""
