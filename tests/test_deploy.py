@@ -219,7 +219,8 @@ def test_kustomize_output_is_valid(kubernetes_validate: Any, entry: str) -> None
 
 def test_without_eck_points_match_at_its_statefulset() -> None:
     rendered = _kustomize("k8s/without-eck")
-    [config_map] = [o for o in rendered if (o["kind"], o["metadata"]["name"]) == ("ConfigMap", "match-config")]
+    key = ("ConfigMap", "match-config")
+    [config_map] = [o for o in rendered if (o["kind"], o["metadata"]["name"]) == key]
     services = {o["metadata"]["name"] for o in rendered if o["kind"] == "Service"}
     host = re.match(r"https://([^:/]+)", config_map["data"]["ELASTICSEARCH_URL"])
     assert host and host.group(1) in services
