@@ -1,0 +1,249 @@
+"""Fetch the image a client names by ``url``, without becoming a proxy into our network.
+
+A reverse image search server fetches URLs chosen by anyone who can reach it, so the
+fetch is the one place an attacker can make the server talk to *its own* network
+(server-side request forgery): the cloud metadata service at 169.254.169.254, an admin
+port on 127.0.0.1, Elasticsearch itself. The story of one fetch:
+
+1. **Parse.** Only ``http`` and ``https`` URLs with a host are accepted (else 400).
+2. **Resolve the host ourselves** with :func:`socket.getaddrinfo` (a DNS failure is a
+   502) and **check the address**: private, loopback, link-local, multicast, reserved,
+   unspecified, shared (CGNAT) and cloud metadata addresses are refused (400) unless
+   they fall in ``MATCH_FETCH_ALLOW_NETWORKS``.
+3. **Connect to the address we checked**, not to the name: a urllib3 connection pool
+   whose host is the IP, with the ``Host`` header set to the name and, for https, SNI
+   (``server_hostname``) and certificate checking (``assert_hostname``) against the
+   name. A DNS answer that changes between the check and the connection (rebinding)
+   therefore cannot move us.
+4. **Follow redirects by hand** (at most :data:`MAX_REDIRECTS`), going back to step 1
+   for every hop, so a public URL cannot redirect us to a private one.
+5. **Stream the body** and stop as soon as it passes ``MATCH_MAX_UPLOAD_BYTES`` (413);
+   a ``Content-Length`` already over the cap is refused before reading.
+
+Time limits: ``MATCH_FETCH_TIMEOUT`` bounds the connect and every read, and the whole
+fetch (redirects included) has a deadline of :data:`DEADLINE_FACTOR` times that
+(a server dripping a byte a second can't hold a worker for long). Timeouts are 504.
+An HTTP error status from the remote server is a 502 naming the status.
+
+Everything urllib3 raises is translated here into :mod:`match.errors`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from urllib.parse import urljoin
+
+import urllib3
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    HTTPError,
+    LocationParseError,
+    NewConnectionError,
+    ReadTimeoutError,
+    SSLError,
+)
+from urllib3.util import parse_url
+
+from match import __version__
+from match.errors import BadRequest, FetchError, FetchTimeout, PayloadTooLarge
+
+__all__ = ["Fetcher", "MAX_REDIRECTS", "DEADLINE_FACTOR", "parse_networks"]
+
+#: Redirects followed before giving up (each hop is checked like the first URL).
+MAX_REDIRECTS = 5
+#: The whole fetch may take this many times MATCH_FETCH_TIMEOUT.
+DEADLINE_FACTOR = 2.0
+#: Bytes read per chunk while streaming a body.
+CHUNK_SIZE = 64 * 1024
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: Cloud metadata services, refused even though some are not "private" by the RFCs.
+METADATA_ADDRESSES = frozenset({
+    ipaddress.ip_address("169.254.169.254"),  # AWS, GCP, Azure, OpenStack
+    ipaddress.ip_address("169.254.170.2"),  # AWS ECS task metadata
+    ipaddress.ip_address("fd00:ec2::254"),  # AWS over IPv6
+    ipaddress.ip_address("100.100.100.200"),  # Alibaba Cloud
+})
+
+
+def parse_networks(cidrs: Iterable[str]) -> tuple[IPNetwork, ...]:
+    """Parse ``MATCH_FETCH_ALLOW_NETWORKS`` entries; ValueError names a bad one."""
+    networks = []
+    for cidr in cidrs:
+        try:
+            networks.append(ipaddress.ip_network(cidr.strip(), strict=False))
+        except ValueError as exc:
+            raise ValueError(f"MATCH_FETCH_ALLOW_NETWORKS: {cidr!r} is not a CIDR network "
+                             "(e.g. 10.0.0.0/8 or fd00::/8)") from exc
+    return tuple(networks)
+
+
+def _is_public(address: IPAddress) -> bool:
+    """True for a globally routable unicast address that is not a metadata service."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return (address.is_global and not address.is_multicast and not address.is_reserved
+            and address not in METADATA_ADDRESSES)
+
+
+@dataclass(frozen=True)
+class _Target:
+    """One hop: where to connect (a checked IP) and what to say to it."""
+
+    scheme: str
+    host: str  # the name from the URL (for Host, SNI and the certificate)
+    address: str  # the IP we checked and connect to
+    port: int
+    path: str  # path and query, what goes on the request line
+
+    @property
+    def host_header(self) -> str:
+        name = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.scheme == "https" else 80
+        return name if self.port == default else f"{name}:{self.port}"
+
+
+class Fetcher:
+    """Fetches image bytes from client-supplied URLs with the guards above.
+
+    >>> fetcher = Fetcher(timeout=10.0, max_bytes=20 << 20, allow_networks=["127.0.0.0/8"])
+    >>> data = fetcher.fetch("http://127.0.0.1:8080/photo.jpg")  # doctest: +SKIP
+    """
+
+    def __init__(self, *, timeout: float, max_bytes: int, allow_networks: Sequence[str] = (),
+                 ca_certs: str | None = None) -> None:
+        self.timeout = timeout
+        self.max_bytes = max_bytes
+        self.allow_networks = parse_networks(allow_networks)
+        self.ca_certs = ca_certs
+
+    def fetch(self, url: str, *, field: str = "url") -> bytes:
+        """Return the body at ``url``; ``field`` names the request field in errors.
+
+        Raises BadRequest (bad or refused url, 400), PayloadTooLarge (413),
+        FetchError (502) or FetchTimeout (504).
+        """
+        deadline = time.monotonic() + self.timeout * DEADLINE_FACTOR
+        current = url
+        for _hop in range(MAX_REDIRECTS + 1):
+            target = self._target(current, field)
+            location = self._get(target, current, field, deadline)
+            if isinstance(location, bytes):
+                return location
+            current = urljoin(current, location)
+        raise FetchError(f"{field}: more than {MAX_REDIRECTS} redirects fetching {url}")
+
+    # --- steps -----------------------------------------------------------------
+
+    def _target(self, url: str, field: str) -> _Target:
+        """Parse ``url`` and pick a checked address to connect to (steps 1 and 2)."""
+        try:
+            parsed = parse_url(url.strip())
+        except LocationParseError as exc:
+            raise BadRequest(f"{field}: {url!r} is not a valid URL") from exc
+        scheme = (parsed.scheme or "").lower()
+        if scheme not in ("http", "https"):
+            raise BadRequest(f"{field}: only http and https URLs can be fetched, got {url!r}")
+        if not parsed.host:
+            raise BadRequest(f"{field}: URL {url!r} has no host")
+        host = parsed.host.strip("[]").rstrip(".").lower()
+        port = parsed.port or (443 if scheme == "https" else 80)
+        address = self._resolve(host, port, field)
+        return _Target(scheme, host, address, port, parsed.request_uri)
+
+    def _resolve(self, host: str, port: int, field: str) -> str:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError) as exc:
+            raise FetchError(f"{field}: cannot resolve host {host!r}") from exc
+        refused = []
+        for _family, _type, _proto, _name, sockaddr in infos:
+            text = str(sockaddr[0]).split("%", 1)[0]  # drop an IPv6 zone index
+            address = ipaddress.ip_address(text)
+            if _is_public(address) or any(address in net for net in self.allow_networks
+                                          if net.version == address.version):
+                return text
+            refused.append(text)
+        raise BadRequest(f"{field}: host {host!r} resolves to a non-public address "
+                         f"({', '.join(sorted(set(refused)))}), which match does not fetch; "
+                         "an operator may allow it with MATCH_FETCH_ALLOW_NETWORKS")
+
+    def _pool(self, target: _Target, read_timeout: float) -> urllib3.HTTPConnectionPool:
+        timeout = urllib3.Timeout(connect=min(self.timeout, read_timeout), read=read_timeout)
+        if target.scheme == "https":
+            return urllib3.HTTPSConnectionPool(
+                target.address, target.port, timeout=timeout, retries=False, maxsize=1,
+                cert_reqs="CERT_REQUIRED", ca_certs=self.ca_certs,
+                server_hostname=target.host, assert_hostname=target.host)
+        return urllib3.HTTPConnectionPool(target.address, target.port, timeout=timeout,
+                                          retries=False, maxsize=1)
+
+    def _get(self, target: _Target, url: str, field: str, deadline: float) -> bytes | str:
+        """GET one hop: the body (bytes) or a redirect location (str)."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise FetchTimeout(f"{field}: fetching {url} took too long")
+        headers = {"Host": target.host_header, "User-Agent": f"match/{__version__}",
+                   "Accept": "image/*,*/*;q=0.5"}
+        with self._pool(target, min(self.timeout, remaining)) as pool:
+            try:
+                response = pool.urlopen("GET", target.path, headers=headers, redirect=False,
+                                        retries=False, preload_content=False, assert_same_host=False)
+            except NewConnectionError as exc:  # a subclass of ConnectTimeoutError, so first
+                raise FetchError(f"{field}: cannot fetch {url}: {_reason(exc)}") from exc
+            except (ConnectTimeoutError, ReadTimeoutError) as exc:
+                raise FetchTimeout(f"{field}: timed out fetching {url}") from exc
+            except HTTPError as exc:
+                raise FetchError(f"{field}: cannot fetch {url}: {_reason(exc)}") from exc
+            try:
+                if response.status in (301, 302, 303, 307, 308):
+                    location = response.headers.get("Location")
+                    if not location:
+                        raise FetchError(f"{field}: {url} answered HTTP {response.status} "
+                                         "without a Location")
+                    return location
+                if response.status >= 400:
+                    raise FetchError(f"{field}: {url} answered HTTP {response.status} "
+                                     f"{response.reason or ''}".rstrip())
+                return self._read(response, url, field, deadline)
+            finally:
+                response.release_conn()
+                response.close()
+
+    def _read(self, response: urllib3.BaseHTTPResponse, url: str, field: str, deadline: float) -> bytes:
+        """Stream the body, enforcing the size cap and the deadline (step 5)."""
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            raise PayloadTooLarge(f"{field}: {url} is {int(declared)} bytes; the limit is "
+                                  f"{self.max_bytes} bytes (MATCH_MAX_UPLOAD_BYTES)")
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            for chunk in response.stream(CHUNK_SIZE, decode_content=True):
+                size += len(chunk)
+                if size > self.max_bytes:
+                    raise PayloadTooLarge(f"{field}: {url} is larger than {self.max_bytes} bytes "
+                                          "(MATCH_MAX_UPLOAD_BYTES)")
+                if time.monotonic() > deadline:
+                    raise FetchTimeout(f"{field}: fetching {url} took too long")
+                chunks.append(chunk)
+        except ReadTimeoutError as exc:
+            raise FetchTimeout(f"{field}: timed out reading {url}") from exc
+        except HTTPError as exc:
+            raise FetchError(f"{field}: cannot read {url}: {_reason(exc)}") from exc
+        return b"".join(chunks)
+
+
+def _reason(exc: HTTPError) -> str:
+    """A short, client-safe reason for a urllib3 failure."""
+    if isinstance(exc, NewConnectionError):
+        return "connection refused or unreachable"
+    if isinstance(exc, SSLError):
+        return "TLS handshake or certificate check failed"
+    return type(exc).__name__

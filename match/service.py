@@ -1,0 +1,265 @@
+"""The operations behind every HTTP endpoint and CLI command, in one place.
+
+The HTTP views (:mod:`match.api.views`) and the command line (:mod:`match.cli`) only
+parse their input and format their output; what happens in between is here, so
+``curl -F image=@a.jpg .../add`` and ``match add a.jpg`` run the same code.
+
+Nothing here touches Flask or the request: functions take the settings mapping
+(:func:`match.config.load`), the store and plain values, and raise
+:mod:`match.errors` for anything the caller got wrong. The order inside :func:`add`
+matters: validate every field, decode, sign, and only then upsert, so a failed add
+stores nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from match import image, signature
+from match.errors import BadRequest, MissingField, NotFound, PayloadTooLarge
+from match.store import Match, Record, SignatureStore
+from match.store.base import MAX_FILEPATH_LENGTH
+
+__all__ = [
+    "SignedImage",
+    "Comparison",
+    "sign",
+    "sign_file",
+    "check_filepath",
+    "parse_metadata",
+    "make_record",
+    "add",
+    "delete",
+    "search",
+    "compare",
+    "count",
+    "list_filepaths",
+    "check_limit",
+    "check_offset",
+    "check_cutoff",
+]
+
+#: Key under which :func:`add` records the SHA-256 of the image bytes in the
+#: metadata (TRUEPIC/match stores it there too).
+SHA256_KEY = "sha256"
+
+
+@dataclass(frozen=True)
+class SignedImage:
+    """Signatures of one image: ``signatures`` is int8 (k, 648), row 0 the image as given.
+
+    k is 1, or 8 when all orientations were asked for (rotations and mirrors, in the
+    order of :func:`match.signature.generate_all`). ``sha256`` is the hex digest of
+    the bytes that were decoded.
+    """
+
+    signatures: np.ndarray
+    sha256: str
+
+    @property
+    def signature(self) -> np.ndarray:
+        """The signature of the image as given: int8 (648,)."""
+        return self.signatures[0]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Result of :func:`compare`: distance in [0, 1] and score = (1 - distance) x 100."""
+
+    distance: float
+
+    @property
+    def score(self) -> float:
+        return (1.0 - self.distance) * 100.0
+
+
+def sign(data: bytes, settings: Mapping[str, Any], *, all_orientations: bool = False) -> SignedImage:
+    """Decode image bytes and sign them.
+
+    Raises UnsupportedImage (415), InvalidImage (422) or ImageTooLarge (413).
+    """
+    grey = image.load_grey(data, max_pixels=int(settings["MATCH_MAX_PIXELS"]),
+                           exif_transpose=bool(settings["MATCH_EXIF_TRANSPOSE"]))
+    if all_orientations:
+        signatures = np.asarray(signature.generate_all(grey), dtype=np.int8)
+    else:
+        signatures = np.asarray(signature.generate(grey), dtype=np.int8)[np.newaxis, :]
+    return SignedImage(signatures, hashlib.sha256(data).hexdigest())
+
+
+def sign_file(path: str | Path, settings: Mapping[str, Any]) -> SignedImage:
+    """Read and :func:`sign` one file (the CLI's unit of parallel work).
+
+    Raises OSError when the file can't be read, besides what :func:`sign` raises.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    limit = int(settings["MATCH_MAX_UPLOAD_BYTES"])
+    if size > limit:
+        raise PayloadTooLarge(f"{size} bytes is over MATCH_MAX_UPLOAD_BYTES ({limit})")
+    return sign(path.read_bytes(), settings)
+
+
+def check_filepath(filepath: Any, field: str = "filepath") -> str:
+    """Return ``filepath`` if a store accepts it; BadRequest says why it doesn't."""
+    if filepath is None or filepath == "":
+        raise MissingField(field, "the name under which the image is stored, e.g. a URL or a path")
+    if not isinstance(filepath, str):
+        raise BadRequest(f"{field} must be a string")
+    if len(filepath) > MAX_FILEPATH_LENGTH:
+        raise BadRequest(f"{field} is {len(filepath)} characters; the limit is {MAX_FILEPATH_LENGTH}")
+    if "\x00" in filepath:
+        raise BadRequest(f"{field} must not contain NUL characters")
+    _check_utf8(filepath, field)
+    return filepath
+
+
+def parse_metadata(raw: Any, field: str = "metadata") -> dict[str, Any]:
+    """Parse the ``metadata`` field: a JSON object given as text (or, from JSON, an object).
+
+    ``None`` or an empty string means no metadata. NaN and Infinity are refused,
+    as JSON does not have them.
+    """
+    if raw is None or raw == "":
+        return {}
+    if isinstance(raw, str):
+        try:
+            value = json.loads(raw, parse_constant=_refuse_constant)
+        except (ValueError, RecursionError) as exc:
+            raise BadRequest(f"{field} is not valid JSON ({exc}); send a JSON object, "
+                             'e.g. {"source": "camera"}') from exc
+    else:
+        value = raw
+    if not isinstance(value, dict):
+        raise BadRequest(f"{field} must be a JSON object, e.g. {{\"source\": \"camera\"}}; "
+                         f"got a JSON {_json_type(value)}")
+    try:
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise BadRequest(f"{field} must be plain JSON ({exc})") from exc
+    _check_utf8(text, field)
+    return value
+
+
+def make_record(filepath: str, signed: SignedImage, metadata: Mapping[str, Any] | None = None) -> Record:
+    """The record :func:`add` stores: the metadata gains ``sha256`` (the server's value wins)."""
+    meta = dict(metadata or {})
+    meta[SHA256_KEY] = signed.sha256
+    return Record(filepath=filepath, signature=signed.signature, metadata=meta, sha256=signed.sha256)
+
+
+def add(store: SignatureStore, settings: Mapping[str, Any], *, filepath: str, data: bytes,
+        metadata: Mapping[str, Any] | None = None) -> Record:
+    """Sign ``data`` and store it under ``filepath``, replacing any record there.
+
+    Everything is checked before the single upsert, so nothing is stored on failure.
+    """
+    filepath = check_filepath(filepath)
+    meta = parse_metadata(dict(metadata) if metadata is not None else None)
+    record = make_record(filepath, sign(data, settings), meta)
+    store.upsert(record)
+    return record
+
+
+def delete(store: SignatureStore, filepath: str) -> None:
+    """Remove the record of ``filepath``; NotFound (404) if there is none."""
+    filepath = check_filepath(filepath)
+    if not store.delete(filepath):
+        raise NotFound(f"no image is stored under filepath {filepath!r}")
+
+
+def search(store: SignatureStore, settings: Mapping[str, Any], data: bytes, *,
+           all_orientations: bool = True, limit: int | None = None,
+           cutoff: float | None = None) -> list[Match]:
+    """Stored images within ``cutoff`` of the image in ``data``, nearest first.
+
+    With ``all_orientations`` the image is also searched rotated and mirrored (the 8
+    signatures of :func:`match.signature.generate_all`); a hit is reported once,
+    with its best distance.
+    """
+    size = check_limit(limit, settings, default=int(settings["MATCH_SEARCH_LIMIT"]))
+    cut = check_cutoff(cutoff, settings)
+    signed = sign(data, settings, all_orientations=all_orientations)
+    return store.search(signed.signatures, size=size, cutoff=cut)
+
+
+def compare(settings: Mapping[str, Any], data1: bytes, data2: bytes) -> Comparison:
+    """Distance between two images' signatures (as given, no orientations)."""
+    first = sign(data1, settings)
+    second = sign(data2, settings)
+    return Comparison(float(signature.distance(first.signature, second.signature)))
+
+
+def count(store: SignatureStore) -> int:
+    """Number of stored images."""
+    return store.count()
+
+
+def list_filepaths(store: SignatureStore, settings: Mapping[str, Any], *, offset: int | None = None,
+                   limit: int | None = None) -> list[str]:
+    """Stored filepaths in ascending order, a page at a time (limit defaults to 20)."""
+    return store.list(check_offset(offset), check_limit(limit, settings, default=20))
+
+
+# --- validation shared by HTTP and CLI ---------------------------------------------
+
+
+def check_limit(limit: int | None, settings: Mapping[str, Any], *, default: int,
+                field: str = "limit") -> int:
+    """``limit`` or ``default``; 1 <= limit <= MATCH_MAX_SEARCH_LIMIT, else BadRequest."""
+    maximum = int(settings["MATCH_MAX_SEARCH_LIMIT"])
+    if limit is None:
+        return min(default, maximum)
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= maximum:
+        raise BadRequest(f"{field} must be an integer from 1 to {maximum}, got {limit!r}")
+    return limit
+
+
+def check_offset(offset: int | None, field: str = "offset") -> int:
+    """``offset`` or 0; a non-negative integer, else BadRequest."""
+    if offset is None:
+        return 0
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise BadRequest(f"{field} must be an integer >= 0, got {offset!r}")
+    return offset
+
+
+def check_cutoff(cutoff: float | None, settings: Mapping[str, Any], field: str = "cutoff") -> float:
+    """``cutoff`` or MATCH_CUTOFF; a number in [0, 1], else BadRequest."""
+    if cutoff is None:
+        return float(settings["MATCH_CUTOFF"])
+    if (isinstance(cutoff, bool) or not isinstance(cutoff, (int, float)) or not math.isfinite(cutoff)
+            or not 0.0 <= cutoff <= 1.0):
+        raise BadRequest(f"{field} must be a number from 0 to 1 (a signature distance), got {cutoff!r}")
+    return float(cutoff)
+
+
+def _check_utf8(text: str, field: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise BadRequest(f"{field} is not valid Unicode text (lone surrogate)") from exc
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return "null" if value is None else type(value).__name__
