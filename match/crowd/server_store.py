@@ -89,6 +89,11 @@ _MONEY = re.compile(r"^[0-9]+(\.)?[0-9]{0,2}$")
 _WORKER_ID = re.compile(r"^A[A-Z0-9]+$")
 _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 _ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+# Entities can only be declared in a DOCTYPE, and a DOCTYPE only stands before the root element
+# (a "<!DOCTYPE html>" inside HTMLContent's CDATA is content, not a declaration).
+_DOCTYPE_IN_PROLOG = re.compile(
+    r"\s*(<\?xml[^>]*\?>\s*)?(<!--.*?-->\s*)*<!DOCTYPE", re.IGNORECASE | re.DOTALL
+)
 _NOT_YOUR_WORKER = "Cannot notify a worker whose work you never approved or rejected"
 
 # MTurk's system qualification types that this server can evaluate.
@@ -346,8 +351,8 @@ def _parse_question(xml: str) -> ElementTree.Element:
     """Parse a Question document; ``ValueError`` with the reason when MTurk would refuse it."""
     if len(xml.encode("utf-8")) > _MAX_QUESTION_BYTES:
         raise ValueError(f"the Question is larger than {_MAX_QUESTION_BYTES} bytes")
-    if re.search(r"<!(DOCTYPE|ENTITY)", xml, re.IGNORECASE):
-        raise ValueError("DTDs are not allowed in a Question")
+    if _DOCTYPE_IN_PROLOG.match(xml):
+        raise ValueError("a Question may not have a document type declaration")
     try:
         root = ElementTree.fromstring(xml)
     except ElementTree.ParseError as exc:
@@ -635,6 +640,8 @@ class CrowdStore:
         return self._new_hit(call, hit_type_id)
 
     def _new_hit(self, call: _Call, hit_type_id: str) -> JSON:
+        hit_id = _new_id()
+        self._claim_token(call, "CreateHIT", hit_id)  # first: a retry is refused, whatever else it says
         for unsupported in ("HITLayoutId", "AssignmentReviewPolicy", "HITReviewPolicy"):
             if call.params.get(unsupported) is not None:
                 raise call.error(f"{unsupported} is not supported by this server; send a Question.")
@@ -653,8 +660,6 @@ class CrowdStore:
             "SELECT reward_cents FROM hit_types WHERE id = ?", (hit_type_id,)
         ).fetchone()[0]
         fee = _assignment_fee(reward, max_assignments)
-        hit_id = _new_id()
-        self._claim_token(call, "CreateHIT", hit_id)
         self._require_funds(call, (reward + fee) * max_assignments)
         self._db.execute(
             "INSERT INTO hits (id, requester, hit_type_id, question, annotation, max_assignments, "
@@ -814,6 +819,7 @@ class CrowdStore:
     @_operation("CreateAdditionalAssignmentsForHIT")
     def _create_additional_assignments(self, call: _Call) -> JSON:
         row = self._hit_row(call, call.text("HITId"))
+        self._claim_token(call, "CreateAdditionalAssignmentsForHIT", row["id"])
         extra = call.integer("NumberOfAdditionalAssignments", lo=1, hi=1000000)
         if row["disposed"]:
             raise self._wrong_state(
@@ -830,7 +836,6 @@ class CrowdStore:
                 f"{total} (10 or more) assignments.",
                 "AWS.MechanicalTurk.InvalidMaximumAssignmentsIncrease",
             )
-        self._claim_token(call, "CreateAdditionalAssignmentsForHIT", row["id"])
         if call.now < row["expiration"]:
             self._require_funds(call, (row["reward_cents"] + row["fee_cents"]) * extra)
         self._db.execute(
@@ -960,6 +965,7 @@ class CrowdStore:
     def _send_bonus(self, call: _Call) -> JSON:
         worker_id = call.worker_id()
         row = self._assignment_row(call, call.text("AssignmentId"))
+        self._claim_token(call, "SendBonus", row["id"])
         cents = call.money("BonusAmount")
         reason = call.text("Reason", max_len=4096)
         if row["worker_id"] != worker_id:
@@ -969,7 +975,6 @@ class CrowdStore:
             )
         if cents <= 0:
             raise call.error("BonusAmount must be more than 0.00.")
-        self._claim_token(call, "SendBonus", row["id"])
         fee = _fee(cents, 20)
         self._require_funds(call, cents + fee)
         self._db.execute(
@@ -1453,7 +1458,5 @@ class CrowdStore:
     def simulated_workers(self) -> list[str]:
         """The ids of the simulated workers, oldest first."""
         with self._lock:
-            rows = self._db.execute(
-                "SELECT id FROM workers WHERE simulated = 1 ORDER BY created, id"
-            ).fetchall()
+            rows = self._db.execute("SELECT id FROM workers WHERE simulated = 1 ORDER BY rowid").fetchall()
         return [str(row["id"]) for row in rows]
