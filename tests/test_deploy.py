@@ -261,7 +261,11 @@ def test_deployment_probes_and_graceful_shutdown() -> None:
     container = spec["containers"][0]
     port = container["ports"][0]
     assert port["containerPort"] == int(_one("ConfigMap", "match-config")["data"]["MATCH_PORT"])
-    assert container["livenessProbe"]["httpGet"]["path"] == "/ping"
+    liveness = container["livenessProbe"]
+    assert liveness["httpGet"]["path"] == "/ping"
+    # Sync workers: a busy pod must not be killed before gunicorn's own worker timeout.
+    worker_timeout = int(_one("ConfigMap", "match-config")["data"]["MATCH_TIMEOUT"])
+    assert liveness["periodSeconds"] * liveness["failureThreshold"] > worker_timeout
     assert container["startupProbe"]["httpGet"]["path"] == "/ping"
     assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
     pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
