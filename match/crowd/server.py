@@ -321,7 +321,7 @@ def _add_worker_pages(app: Flask, store: CrowdStore) -> None:
             "assignmentId": assignment_id,
             "hitId": assignment["HITId"],
             "workerId": worker_id,
-            "turkSubmitTo": request.host_url.rstrip("/"),
+            "turkSubmitTo": request.url_root.rstrip("/"),
         }
         if external is not None:
             frame = external + ("&" if "?" in external else "?") + urlencode(params)

@@ -820,3 +820,56 @@ def test_simulated_crowd_thread_starts_and_stops(crowd: Crowd) -> None:
     finally:
         simulation.stop()
     assert crowd.client.list_assignments_for_hit(HITId=hit)["NumResults"] == 1
+
+
+def test_external_question_is_framed_with_mturk_parameters(crowd: Crowd) -> None:
+    external = (
+        '<ExternalQuestion xmlns="http://mechanicalturk.amazonaws.com/AWSMechanicalTurkDataSchemas/'
+        '2006-07-14/ExternalQuestion.xsd"><ExternalURL>https://tasks.example/pair?batch=1</ExternalURL>'
+        "<FrameHeight>0</FrameHeight></ExternalQuestion>"
+    )
+    hit = make_hit(crowd.client, Question=external)["HITId"]
+    worker_id, browser = crowd.worker()
+    task_url = browser.post("/worker/accept", data={"hit_id": hit}).headers["Location"]
+    page = browser.get(task_url).get_data(as_text=True)
+    assert "https://tasks.example/pair?batch=1&amp;assignmentId=" in page
+    assert f"workerId={worker_id}" in page and "turkSubmitTo=http%3A%2F%2Flocalhost" in page
+    simulation = SimulatedCrowd(crowd.store, SimulationSettings(workers=1, latency=0, seed=1))
+    simulation.run_until_idle()  # it can't open the requester's site: it returns the HIT
+    assert crowd.client.get_hit(HITId=hit)["HIT"]["NumberOfAssignmentsPending"] == 1  # only the person's
+
+
+def test_serve_runs_the_api_and_simulated_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from match.crowd.server import serve
+
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    ready: list[str] = []
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=serve,
+        args=("127.0.0.1", 0, tmp_path / "served"),
+        kwargs={"simulate": "workers=2,latency=0,interval=0.01,seed=4", "ready": ready.append, "stop": stop},
+        daemon=True,
+    )
+    thread.start()
+    for _ in range(500):
+        if ready:
+            break
+        threading.Event().wait(0.01)
+    client = boto3.client(
+        "mturk", endpoint_url=ready[0], region_name="us-east-1", aws_access_key_id="AKIDSERVE",
+        aws_secret_access_key="test",
+    )  # fmt: skip
+    try:
+        hit = make_hit(client, max_assignments=2)["HITId"]
+        for _ in range(500):
+            if client.get_hit(HITId=hit)["HIT"]["HITStatus"] == "Reviewable":
+                break
+            threading.Event().wait(0.01)
+        assert client.list_assignments_for_hit(HITId=hit)["NumResults"] == 2
+    finally:
+        client.close()
+        stop.set()
+        thread.join(timeout=10)
+    assert not thread.is_alive()
