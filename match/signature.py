@@ -112,10 +112,15 @@ def generate_all(image: ImageArray) -> npt.NDArray[np.int8]:
     Row ``r`` is the signature of ``np.rot90(image, r % 4)``, mirrored left-right
     (``np.fliplr``) after the rotation when ``r >= 4``::
 
-        0 identity          4 mirror
-        1 rot90  (90 ccw)   5 mirror of rot90   (= transpose)
-        2 rot180            6 mirror of rot180  (= upside down)
-        3 rot270 (90 cw)    7 mirror of rot270  (= anti-transpose)
+        row  transform                   Pillow's Image.Transpose giving the same pixels
+        0    identity                    (none)
+        1    rot90, 90 degrees ccw       ROTATE_90
+        2    rot180                      ROTATE_180
+        3    rot270, 90 degrees cw       ROTATE_270
+        4    mirror                      FLIP_LEFT_RIGHT
+        5    mirror of rot90             TRANSVERSE (flip over the anti-diagonal)
+        6    mirror of rot180            FLIP_TOP_BOTTOM
+        7    mirror of rot270            TRANSPOSE (flip over the main diagonal)
 
     Each row equals :func:`generate` of a physically transformed copy of the image (the
     same pixels, moved): the transforms are numpy views of ``image``, never re-decoded.
