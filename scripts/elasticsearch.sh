@@ -275,9 +275,6 @@ ensure_user() {
         || die "user $ES_USER cannot run $ES_HOME/bin/elasticsearch (set ES_CACHE_DIR outside /root)"
 }
 
-as_es() { # run a command as the ES user
-    if [ "$IS_ROOT" = 1 ]; then runuser -u "$ES_USER" -- "$@"; else "$@"; fi
-}
 
 # ----------------------------------------------------------------------- nodes
 pid_of() { # node dir -> live ES pid, or nothing (cleans stale pidfiles)
@@ -339,15 +336,19 @@ prepare_node() { # dir cluster_name node_name http_port heap mode(single|cluster
 }
 
 launch_node() { # dir heap ; starts ES as a daemon (returns once the node is up or failed)
-    local dir=$1 heap=$2 kv settings=()
+    local dir=$1 heap=$2 kv settings=() cmd
     for kv in $ES_EXTRA_SETTINGS; do settings+=(-E "$kv"); done
+    cmd=(env ES_JAVA_HOME="$JAVA_DIR" ES_PATH_CONF="$dir/config" ES_TMPDIR="$dir/tmp"
+         ES_JAVA_OPTS="-Xms$heap -Xmx$heap $EXTRA_JAVA_OPTS"
+         "$ES_HOME/bin/elasticsearch" -d -p "$dir/es.pid" "${settings[@]}")
+    if [ "$IS_ROOT" = 1 ]; then cmd=(runuser -u "$ES_USER" -- "${cmd[@]}"); fi
     rm -f "$dir/es.pid"
-    (
-        cd "$dir"
-        as_es env ES_JAVA_HOME="$JAVA_DIR" ES_PATH_CONF="$dir/config" ES_TMPDIR="$dir/tmp" \
-            ES_JAVA_OPTS="-Xms$heap -Xmx$heap $EXTRA_JAVA_OPTS" \
-            "$ES_HOME/bin/elasticsearch" -d -p "$dir/es.pid" "${settings[@]}" </dev/null >"$dir/start.out" 2>&1 9>&-
-    )
+    # -d returns once the node has started (or died); timeout keeps CI from hanging.
+    # fd 9 (our lock) must not leak into the daemon.
+    local rc=0
+    (cd "$dir" && timeout "$ES_TIMEOUT" "${cmd[@]}" </dev/null >"$dir/start.out" 2>&1 9>&-) || rc=$?
+    if [ "$rc" = 124 ]; then log "$(basename "$dir"): not started after $ES_TIMEOUT s (ES_TIMEOUT)"; fi
+    return "$rc"
 }
 
 log_tail() { # dir cluster_name
@@ -429,11 +430,13 @@ cmd_start() {
     log "Starting Elasticsearch $ES_VERSION single node on 127.0.0.1:$ES_PORT (heap $ES_HEAP, user $(if [ "$IS_ROOT" = 1 ]; then echo "$ES_USER"; else id -un; fi), dir $dir)"
     if ! launch_node "$dir" "$ES_HEAP"; then
         log_tail "$dir" "$SINGLE_CLUSTER_NAME"
+        stop_node "$dir" "Elasticsearch on 127.0.0.1:$ES_PORT" KILL
         die "Elasticsearch did not start"
     fi
     local health
     if ! health=$(wait_health "$ES_PORT" "" "$ES_TIMEOUT"); then
         log_tail "$dir" "$SINGLE_CLUSTER_NAME"
+        stop_node "$dir" "Elasticsearch on 127.0.0.1:$ES_PORT" KILL
         die "no yellow/green _cluster/health on 127.0.0.1:$ES_PORT within $ES_TIMEOUT s"
     fi
     log "Elasticsearch $ES_VERSION is up on http://127.0.0.1:$ES_PORT (pid $(pid_of "$dir"), $((SECONDS - t0)) s): $health"
@@ -477,9 +480,12 @@ launch_nodes() {
     return $rc
 }
 
-cluster_fail() {
+cluster_fail() { # print the logs, stop the nodes (unless ES_KEEP_FAILED=1), exit 1
     local i
     for i in 1 2 3; do log_tail "$(node_dir "$i")" "$CLUSTER3_NAME"; done
+    if [ "${ES_KEEP_FAILED:-0}" != 1 ]; then
+        for i in 1 2 3; do stop_node "$(node_dir "$i")" "node-$i" KILL; done
+    fi
     die "$*"
 }
 
@@ -596,11 +602,11 @@ cmd_fetch() {
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
 
 main() {
-    local cmd=${1:-} nodes=1
+    local action=${1:-} nodes=1
     [ $# -gt 0 ] && shift
-    if [ "$cmd" = cluster3 ]; then
+    if [ "$action" = cluster3 ]; then
         nodes=3
-        cmd=${1:-status}
+        action=${1:-status}
         [ $# -gt 0 ] && shift
     fi
     while [ $# -gt 0 ]; do
@@ -611,7 +617,7 @@ main() {
         esac
     done
     case "$nodes" in 1|3) ;; *) die "--nodes must be 1 or 3" ;; esac
-    case "$cmd:$nodes" in
+    case "$action:$nodes" in
         start:1) cmd_start ;;
         start:3) cmd_cluster_start ;;
         stop:1) cmd_stop ;;
