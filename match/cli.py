@@ -34,6 +34,7 @@ import logging
 import multiprocessing
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -276,11 +277,25 @@ def _sign_file(path: str, settings: dict[str, Any]) -> service.SignedImage | str
 
 
 def _pool(jobs: int) -> ProcessPoolExecutor:
-    # fork is cheap and the workers only sign (they never touch the store);
-    # elsewhere (macOS, Windows) the platform default is used.
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if "fork" in methods else None)
+    """Signing processes. fork is cheap, and safe while we are single-threaded (the
+    workers only sign; they never touch the store); otherwise the platform default."""
+    fork = "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1
+    context = multiprocessing.get_context("fork" if fork else None)
     return ProcessPoolExecutor(max_workers=jobs, mp_context=context)
+
+
+def _signed(files: list[tuple[Path, str]], settings: dict[str, Any],
+            jobs: int) -> Iterator[service.SignedImage | str]:
+    """Sign ``files`` in order, in ``jobs`` processes (in this one when jobs is 1)."""
+    if jobs == 1 or len(files) == 1:
+        for path, _ in files:
+            yield _sign_file(str(path), settings)
+        return
+    with _pool(min(jobs, len(files))) as pool:
+        futures: list[Future[service.SignedImage | str]] = [
+            pool.submit(_sign_file, str(path), settings) for path, _ in files]
+        for future in futures:
+            yield future.result()
 
 
 @cli.command()
@@ -325,24 +340,20 @@ def _add_files(store: SignatureStore, settings: dict[str, Any], files: list[tupl
         summary.added += store.upsert_many(batch)
         batch.clear()
 
-    with _pool(jobs) as pool:
-        futures: list[Future[service.SignedImage | str]] = [
-            pool.submit(_sign_file, str(path), settings) for path, _ in files]
-        with click.progressbar(length=len(files), label="signing", file=sys.stderr) as bar:
-            for (path, filepath), future in zip(files, futures, strict=True):
-                outcome = future.result()
-                bar.update(1)
-                if isinstance(outcome, str):
-                    summary.skipped.append((str(path), outcome))
-                    continue
-                try:
-                    service.check_filepath(filepath)
-                except MatchError as exc:
-                    summary.skipped.append((str(path), exc.message))
-                    continue
-                batch.append(service.make_record(filepath, outcome, metadata))
-                if len(batch) >= batch_size:
-                    flush()
+    with click.progressbar(length=len(files), label="signing", file=sys.stderr) as bar:
+        for (path, filepath), outcome in zip(files, _signed(files, settings, jobs), strict=True):
+            bar.update(1)
+            if isinstance(outcome, str):
+                summary.skipped.append((str(path), outcome))
+                continue
+            try:
+                service.check_filepath(filepath)
+            except MatchError as exc:
+                summary.skipped.append((str(path), exc.message))
+                continue
+            batch.append(service.make_record(filepath, outcome, metadata))
+            if len(batch) >= batch_size:
+                flush()
     if batch:
         flush()
 

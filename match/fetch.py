@@ -190,7 +190,7 @@ class Fetcher:
         if remaining <= 0:
             raise FetchTimeout(f"{field}: fetching {url} took too long")
         headers = {"Host": target.host_header, "User-Agent": f"match/{__version__}",
-                   "Accept": "image/*,*/*;q=0.5"}
+                   "Accept": "image/*,*/*;q=0.5", "Accept-Encoding": "identity"}
         with self._pool(target, min(self.timeout, remaining)) as pool:
             try:
                 response = pool.urlopen("GET", target.path, headers=headers, redirect=False,
@@ -225,7 +225,12 @@ class Fetcher:
         chunks: list[bytes] = []
         size = 0
         try:
-            for chunk in response.stream(CHUNK_SIZE, decode_content=True):
+            while True:
+                # read1 returns what has arrived (not a full chunk), so a server dripping
+                # bytes still meets the deadline check below.
+                chunk = response.read1(CHUNK_SIZE, decode_content=True)
+                if not chunk:
+                    break
                 size += len(chunk)
                 if size > self.max_bytes:
                     raise PayloadTooLarge(f"{field}: {url} is larger than {self.max_bytes} bytes "

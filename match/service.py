@@ -86,12 +86,13 @@ def sign(data: bytes, settings: Mapping[str, Any], *, all_orientations: bool = F
 
     Raises UnsupportedImage (415), InvalidImage (422) or ImageTooLarge (413).
     """
-    grey = image.load_grey(data, max_pixels=int(settings["MATCH_MAX_PIXELS"]),
-                           exif_transpose=bool(settings["MATCH_EXIF_TRANSPOSE"]))
+    # RGB pixels are signature.generate's fast path (same signature as the grey image).
+    pixels = image.load_rgb(data, max_pixels=int(settings["MATCH_MAX_PIXELS"]),
+                            exif_transpose=bool(settings["MATCH_EXIF_TRANSPOSE"]))
     if all_orientations:
-        signatures = np.asarray(signature.generate_all(grey), dtype=np.int8)
+        signatures = np.asarray(signature.generate_all(pixels), dtype=np.int8)
     else:
-        signatures = np.asarray(signature.generate(grey), dtype=np.int8)[np.newaxis, :]
+        signatures = np.asarray(signature.generate(pixels), dtype=np.int8)[np.newaxis, :]
     return SignedImage(signatures, hashlib.sha256(data).hexdigest())
 
 

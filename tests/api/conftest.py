@@ -160,7 +160,8 @@ def count(client: FlaskClient) -> int:
 class Remote:
     """A loopback HTTP server with routes that test the fetcher's guards.
 
-    ``/file/<name>`` serves bytes put with :meth:`put`; ``/status/<code>``;
+    ``/file/<name>`` serves bytes put with :meth:`put`; ``/host`` echoes the Host
+    header; ``/status/<code>``;
     ``/redirect/<n>?to=<url>`` redirects n times then to ``to``; ``/slow`` waits
     before answering; ``/drip`` sends a byte every 0.2 s; ``/endless`` streams without
     a length; ``/declared-huge`` declares a huge Content-Length.
@@ -198,6 +199,8 @@ class Remote:
         try:
             if segments[0] == "file" and segments[-1] in self.files:
                 self._send(handler, 200, self.files[segments[-1]])
+            elif segments[0] == "host":
+                self._send(handler, 200, str(handler.headers.get("Host")).encode())
             elif segments[0] == "status":
                 self._send(handler, int(segments[1]), b"nope")
             elif segments[0] == "redirect":
