@@ -120,6 +120,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MATCH_ES_REFRESH", "wait_for", "Refresh policy of single adds: `wait_for` (an "
             "acknowledged add is searchable), `false` (faster, searchable within ~1 s) or `true`.",
             _choice("wait_for", "false", "true")),
+    Setting("MATCH_ES_CANDIDATES", 100, "Candidates per query orientation taken from the word query "
+            "(and as many from kNN), then reranked with the exact distance.", _positive_int),
+    Setting("MATCH_ES_SHARDS", 1, "Primary shards of the index match creates (fixed once created).",
+            _positive_int),
+    Setting("MATCH_ES_REPLICAS", 1, "Replicas of each shard of the index match creates (1 survives "
+            "losing a node; a single-node cluster stays yellow with 1).", _non_negative_int),
     # --- search ------------------------------------------------------------------
     Setting("MATCH_CUTOFF", 0.45, "Largest normalized signature distance reported as a match "
             "(score = (1 - distance) x 100, so 0.45 means score >= 55).", _unit_float),

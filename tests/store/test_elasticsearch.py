@@ -1,0 +1,454 @@
+"""Elasticsearch-only properties of the store, against the real test node.
+
+The backend-neutral behaviour is in test_contract.py; here: the mapping, ids derived
+from filepaths, concurrency, mapping explosion, deep pagination, kNN recall beyond the
+words, bulk errors, and failure handling (a closed port, and a loopback TCP relay that
+is switched off and on to play an Elasticsearch outage without touching the shared node).
+Raw Elasticsearch calls go through urllib, so ``match.store.elasticsearch`` stays the
+only importer of ``elasticsearch``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from match import config as match_config
+from match import signature as sig
+from match.errors import IncompatibleIndex, StoreError, StoreUnavailable
+from match.store import Record, open_store
+from match.store.elasticsearch import WORD_FIELDS, ElasticsearchStore, document_id, index_body
+
+pytestmark = pytest.mark.elasticsearch
+
+MakeStore = Callable[..., ElasticsearchStore]
+
+
+def es(url: str, method: str, path: str, body: Any = None, ok404: bool = False) -> Any:
+    """One raw JSON request to Elasticsearch."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"{url}{path}", data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        if ok404 and exc.code == 404:
+            return None
+        raise AssertionError(f"{method} {path}: {exc.code} {exc.read()[:500]!r}") from exc
+
+
+def random_signature(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(-2, 3, sig.SIGNATURE_LENGTH).astype(np.int8)
+
+
+@pytest.fixture
+def index_name(es_url: str) -> Iterator[str]:
+    """A fresh index name, deleted after the test."""
+    name = f"match-test-{uuid.uuid4().hex[:12]}"
+    yield name
+    es(es_url, "DELETE", f"/{name}", ok404=True)
+
+
+@pytest.fixture
+def make_es(es_url: str, index_name: str, tmp_path: Path) -> Iterator[MakeStore]:
+    """Stores on the test node over ``index_name`` (settings as match.config builds them)."""
+    opened: list[ElasticsearchStore] = []
+
+    def make(**extra: Any) -> ElasticsearchStore:
+        settings = {"MATCH_STORE": "elasticsearch", "ELASTICSEARCH_URL": es_url,
+                    "MATCH_INDEX": index_name, "MATCH_DATA_DIR": str(tmp_path), **extra}
+        store = open_store(match_config.load(settings, environ={}))
+        assert isinstance(store, ElasticsearchStore)
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        store.close()
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# --- the mapping ----------------------------------------------------------------------
+
+
+def test_mapping_created_at_startup(make_es: MakeStore, es_url: str, index_name: str) -> None:
+    make_es()
+    body = es(es_url, "GET", f"/{index_name}")[index_name]
+    mapping = body["mappings"]
+    assert mapping["dynamic"] == "strict"
+    fields = mapping["properties"]
+    assert fields["filepath"] == {"type": "keyword"}
+    assert fields["signature"]["type"] == "binary"
+    vector = fields["vector"]
+    assert (vector["type"], vector["element_type"], vector["dims"], vector["similarity"]) == \
+        ("dense_vector", "byte", 648, "l2_norm")
+    assert all(fields[name]["type"] == "keyword" for name in WORD_FIELDS)
+    assert fields["metadata"] == {"type": "object", "enabled": False}
+    assert fields["sha256"]["type"] == "keyword"
+    assert fields["added_at"]["type"] == "date"
+    assert body["settings"]["index"]["number_of_shards"] == "1"
+
+
+def test_concurrent_startup_creates_the_index_once(make_es: MakeStore, es_url: str,
+                                                   index_name: str) -> None:
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            make_es().check()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert es(es_url, "GET", f"/{index_name}/_mapping")[index_name]["mappings"]["dynamic"] == "strict"
+
+
+def test_incompatible_index_is_refused_with_a_clear_message(make_es: MakeStore, es_url: str,
+                                                            index_name: str) -> None:
+    body = index_body(replicas=0)
+    body["mappings"]["properties"]["filepath"] = {"type": "text"}
+    del body["mappings"]["properties"]["vector"]
+    es(es_url, "PUT", f"/{index_name}", body)
+    with pytest.raises(IncompatibleIndex) as caught:
+        make_es()
+    message = caught.value.message
+    assert index_name in message
+    assert "'filepath' has type 'text', expected 'keyword'" in message
+    assert "'vector' is missing" in message
+    assert "MATCH_INDEX" in message
+
+
+def test_foreign_index_with_dynamic_mapping_is_refused(make_es: MakeStore, es_url: str,
+                                                       index_name: str) -> None:
+    # An index some other tool made by indexing a document (image-match's layout).
+    es(es_url, "PUT", f"/{index_name}/_doc/1?refresh=true",
+       {"path": "a.jpg", "signature": [0, 1, -1], "simple_word_0": 42})
+    with pytest.raises(IncompatibleIndex, match="'filepath' is missing"):
+        make_es()
+
+
+# --- ids, overwrite, concurrency ---------------------------------------------------------
+
+
+def test_overwrite_is_one_document_with_an_id_from_the_filepath(make_es: MakeStore, es_url: str,
+                                                                index_name: str) -> None:
+    store = make_es()
+    filepath = "photos/" + "x" * 900 + ".jpg"  # longer than Elasticsearch's 512-byte ids
+    store.upsert(Record(filepath, random_signature(1), {"v": 1}))
+    store.upsert(Record(filepath, random_signature(2), {"v": 2}))
+    assert store.count() == 1
+    doc = es(es_url, "GET", f"/{index_name}/_doc/{document_id(filepath)}")
+    assert doc["_source"]["filepath"] == filepath
+    assert doc["_source"]["metadata"] == {"v": 2}
+    assert doc["_version"] == 2
+
+
+def test_concurrent_upserts_of_one_filepath_leave_one_document(make_es: MakeStore) -> None:
+    store = make_es()
+    barrier = threading.Barrier(16)
+    errors: list[BaseException] = []
+
+    def add(i: int) -> None:
+        try:
+            barrier.wait()
+            store.upsert(Record("same.jpg", random_signature(i), {"writer": i}))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=add, args=(i,)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert store.count() == 1
+    assert store.list() == ["same.jpg"]
+    record = store.get("same.jpg")
+    assert record is not None
+    writer = record.metadata["writer"]
+    assert np.array_equal(record.signature, random_signature(writer))
+
+
+def test_metadata_cannot_explode_the_mapping(make_es: MakeStore, es_url: str, index_name: str) -> None:
+    store = make_es()
+    before = es(es_url, "GET", f"/{index_name}/_mapping")
+    wide = {f"key_{i}": {"value": i, "tags": [f"t{i}"]} for i in range(1000)}
+    deep: dict[str, Any] = {"leaf": "bottom"}
+    for depth in range(200):
+        deep = {f"level_{depth}": deep}
+    store.upsert(Record("wide.jpg", random_signature(1), wide))
+    store.upsert(Record("deep.jpg", random_signature(2), deep))
+    store.upsert_many(Record(f"many/{i}.jpg", random_signature(i), {f"unique_{i}_{j}": j for j in range(50)})
+                      for i in range(20))
+    assert es(es_url, "GET", f"/{index_name}/_mapping") == before
+    wide_record = store.get("wide.jpg")
+    deep_record = store.get("deep.jpg")
+    assert wide_record is not None and dict(wide_record.metadata) == wide
+    assert deep_record is not None and dict(deep_record.metadata) == deep
+    assert store.count() == 22
+
+
+# --- bulk ----------------------------------------------------------------------------
+
+
+def test_bulk_is_searchable_when_it_returns(make_es: MakeStore) -> None:
+    store = make_es(MATCH_ES_REFRESH="wait_for")
+    records = [Record(f"bulk/{i:04d}.jpg", random_signature(i)) for i in range(1200)]
+    assert store.upsert_many(records) == 1200
+    assert store.count() == 1200
+    assert [m.filepath for m in store.search(records[777].signature, size=1)] == ["bulk/0777.jpg"]
+
+
+def test_bulk_item_failures_name_the_filepaths(make_es: MakeStore, es_url: str, index_name: str) -> None:
+    store = make_es()
+    store.upsert(Record("before.jpg", random_signature(0)))
+    # A write block makes every bulk item fail on the server side.
+    es(es_url, "PUT", f"/{index_name}/_settings", {"index.blocks.write": True})
+    try:
+        with pytest.raises(StoreError) as caught:
+            store.upsert_many([Record("one.jpg", random_signature(1)),
+                               Record("two.jpg", random_signature(2))])
+    finally:
+        es(es_url, "PUT", f"/{index_name}/_settings", {"index.blocks.write": None})
+    assert "did not write 2 of 2 records" in caught.value.message
+    assert "one.jpg" in caught.value.message and "two.jpg" in caught.value.message
+    assert store.list() == ["before.jpg"]
+
+
+# --- list ----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_list_pages_past_ten_thousand(make_es: MakeStore) -> None:
+    store = make_es(MATCH_ES_REFRESH="false")
+    rng = np.random.default_rng(7)
+    names = [f"deep/{i:05d}.jpg" for i in range(10_050)]
+    signatures = rng.integers(-2, 3, (len(names), sig.SIGNATURE_LENGTH)).astype(np.int8)
+    order = rng.permutation(len(names))  # inserted out of order
+    store.upsert_many(Record(names[i], signatures[i]) for i in order)
+    store.refresh = "wait_for"
+    store.upsert(Record(names[0], signatures[0]))  # makes the bulk visible too
+    assert store.count() == 10_050
+    assert store.list(0, 5) == names[:5]
+    assert store.list(9_990, 20) == names[9_990:10_010]
+    assert store.list(10_000, 50) == names[10_000:]
+    assert store.list(10_040, 100) == names[10_040:]
+    assert store.list(10_050, 10) == []
+    assert store.list(25, 10_000) == names[25:10_025]
+
+
+# --- search --------------------------------------------------------------------------
+
+
+def test_search_finds_every_orientation(make_es: MakeStore, photo_paths: list[Path]) -> None:
+    store = make_es()
+    pixels = np.asarray(Image.open(photo_paths[0]).convert("RGB").reduce(4))
+    views = sig.symmetries(pixels)
+    store.upsert_many(Record(f"view-{i}.jpg", sig.generate(np.ascontiguousarray(view)))
+                      for i, view in enumerate(views))
+    for i in range(10):
+        store.upsert(Record(f"other-{i}.jpg", sig.generate(
+            np.asarray(Image.open(photo_paths[i + 1]).convert("RGB").reduce(4)))))
+    matches = store.search(sig.generate_all(pixels), size=20)
+    found = {m.filepath: m.distance for m in matches}
+    assert {f"view-{i}.jpg" for i in range(8)} <= set(found)
+    assert all(found[f"view-{i}.jpg"] == 0.0 for i in range(8))
+    # A single orientation alone finds the stored views equal to it only.
+    alone = store.search(sig.generate(pixels), size=20, cutoff=0.05)
+    assert [m.filepath for m in alone] == ["view-0.jpg"]
+
+
+def no_shared_word_pair(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two signatures within the cutoff that share none of their 63 words.
+
+    Each word reads the signs of 16 consecutive values; nudging one value per word
+    from 0 to 1 (or from +-1 to 0) changes that word and moves the signature a little,
+    as in rhsimplex/image-match#64 (a pair at distance 0.31 words never retrieve).
+    """
+    rng = np.random.default_rng(seed)
+    base = rng.choice(np.array([-2, -1, 0, 1, 2], dtype=np.int8), sig.SIGNATURE_LENGTH,
+                      p=[0.15, 0.2, 0.3, 0.2, 0.15])
+    near = base.copy()
+    starts = np.linspace(0, sig.SIGNATURE_LENGTH, sig.N_WORDS, endpoint=False).astype(int)
+    for start in starts:
+        window = range(start, min(start + sig.WORD_LENGTH, sig.SIGNATURE_LENGTH))
+        position = next((p for p in window if abs(base[p]) <= 1), start)
+        near[position] = 1 if base[position] == 0 else 0
+    return base, near
+
+
+def test_knn_retrieves_a_close_pair_that_shares_no_word(make_es: MakeStore) -> None:
+    base, near = no_shared_word_pair(3)
+    assert not np.any(sig.words(base) == sig.words(near))
+    distance = sig.distance(base, near)
+    assert distance <= sig.DEFAULT_CUTOFF
+    store = make_es()
+    # Distractors that do share words with the query, so the word search is busy.
+    rng = np.random.default_rng(4)
+    distractors = []
+    for i in range(300):
+        other = rng.integers(-2, 3, sig.SIGNATURE_LENGTH).astype(np.int8)
+        other[:40] = near[:40]
+        distractors.append(Record(f"distractor-{i:03d}.jpg", other))
+    store.upsert_many([Record("target.jpg", base), *distractors])
+
+    store.knn = False
+    assert "target.jpg" not in [m.filepath for m in store.search(near, size=50)]
+    store.knn = True
+    matches = store.search(near, size=50)
+    assert matches[0].filepath == "target.jpg"
+    assert matches[0].distance == pytest.approx(distance)
+
+
+@pytest.mark.slow
+def test_recall_on_edited_photos(make_es: MakeStore, photo_paths: list[Path]) -> None:
+    """A small bench/es_recall.py: 500 edited photos, every pair under the cutoff found."""
+    from bench.es_recall import build_signatures, ground_truth, recall
+
+    signatures = build_signatures(photo_paths, 500, cache=None)
+    queries = np.arange(0, 500, 5)
+    truth = ground_truth(signatures, queries, sig.DEFAULT_CUTOFF)
+    store = make_es()
+    store.upsert_many(Record(f"img/{i:06d}.jpg", s) for i, s in enumerate(signatures))
+    store.knn = False
+    words_alone, pairs, _ = recall(store, signatures, queries, truth, sig.DEFAULT_CUTOFF)
+    store.knn = True
+    with_knn, _, _ = recall(store, signatures, queries, truth, sig.DEFAULT_CUTOFF)
+    assert pairs > 200
+    assert with_knn >= 0.995
+    assert with_knn >= words_alone
+
+
+# --- failure -------------------------------------------------------------------------
+
+
+def test_closed_port_is_unavailable_within_the_timeout(make_es: MakeStore) -> None:
+    timeout = 1.0
+    started = time.monotonic()
+    store = make_es(ELASTICSEARCH_URL=f"http://127.0.0.1:{free_port()}", MATCH_ES_TIMEOUT=timeout)
+    assert time.monotonic() - started < 3 * timeout  # from_config logs and returns
+    calls: dict[str, Callable[[], object]] = {
+        "check": store.check,
+        "upsert": lambda: store.upsert(Record("a.jpg", random_signature(1))),
+        "upsert_many": lambda: store.upsert_many([Record("a.jpg", random_signature(1)),
+                                                  Record("b.jpg", random_signature(2))]),
+        "get": lambda: store.get("a.jpg"),
+        "delete": lambda: store.delete("a.jpg"),
+        "search": lambda: store.search(random_signature(1)),
+        "count": store.count,
+        "list": store.list,
+    }
+    for name, call in calls.items():
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="did not answer") as caught:
+            call()
+        assert time.monotonic() - started < 3 * timeout, name
+        assert caught.value.status == 503
+
+
+class Relay:
+    """A loopback TCP relay to ``target`` that can be switched off (refusing and
+    cutting connections) and on again: an outage of "the cluster" as a client sees it."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = free_port()
+        self._server: socket.socket | None = None
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def on(self) -> None:
+        server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", self.port))
+        server.listen(64)
+        self._server = server
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+
+    def off(self) -> None:
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+            server, self._server = self._server, None
+        for sock in [*sockets, *([server] if server else [])]:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            with self._lock:
+                self._sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+
+def test_store_recovers_when_elasticsearch_comes_back(make_es: MakeStore, es_url: str,
+                                                      index_name: str) -> None:
+    host, port = es_url.removeprefix("http://").split(":")
+    relay = Relay((host, int(port)))
+    # Startup while "Elasticsearch" is down: no crash, check() says why.
+    store = make_es(ELASTICSEARCH_URL=relay.url, MATCH_ES_TIMEOUT=3.0)
+    with pytest.raises(StoreUnavailable, match="did not answer"):
+        store.check()
+    assert es(es_url, "GET", f"/{index_name}", ok404=True) is None
+    relay.on()
+    try:
+        store.check()  # the index is created lazily, now
+        store.upsert(Record("a.jpg", random_signature(1)))
+        relay.off()
+        with pytest.raises(StoreUnavailable):
+            store.search(random_signature(1))
+        with pytest.raises(StoreUnavailable):
+            store.upsert(Record("b.jpg", random_signature(2)))
+        relay.on()
+        store.upsert(Record("b.jpg", random_signature(2)))
+        assert [m.filepath for m in store.search(random_signature(1))] == ["a.jpg"]
+        assert store.list() == ["a.jpg", "b.jpg"]
+    finally:
+        relay.off()
