@@ -56,6 +56,7 @@ from match.crowd.server_store import (
     MTurkError,
     WorkerAccount,
     WorkerError,
+    question_external_url,
     question_html,
 )
 
@@ -73,6 +74,7 @@ log = logging.getLogger(__name__)
 TARGET_PREFIX = "MTurkRequesterServiceV20170117"
 WORKER_COOKIE = "match_crowd_worker"
 ADMIN_TOKEN_ENV = "MATCH_CROWD_ADMIN_TOKEN"
+MAX_BODY_BYTES = 1024 * 1024
 _EXTENSION = "match_crowd"
 _CREDENTIAL = re.compile(r"Credential=([^/,\s]+)/")
 _TOKEN_IN_URL = re.compile(r"(token=)[^&\s]+")
@@ -144,12 +146,6 @@ def rewrite_html_question(html: str, assignment_id: str, submit_url: str) -> str
     return html
 
 
-def _external_url(question: str) -> str | None:
-    """The ExternalURL of an ExternalQuestion, or None."""
-    found = re.search(r"<ExternalURL>\s*(.*?)\s*</ExternalURL>", question, re.DOTALL)
-    return found.group(1).replace("&amp;", "&") if found else None
-
-
 def _format_time(epoch: float | None) -> str:
     if epoch is None:
         return ""
@@ -186,6 +182,8 @@ def create_crowd_app(
         store = CrowdStore(data_dir, **kwargs)
     admin_token = admin_token if admin_token is not None else os.environ.get(ADMIN_TOKEN_ENV)
     app = Flask(__name__, template_folder=str(Path(__file__).parent / "templates"))
+    # A CreateHIT body is at most a 64 kB Question and some fields; an answer form is small.
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.extensions[_EXTENSION] = store
     app.jinja_env.filters["when"] = _format_time
     app.jinja_env.globals["duration"] = _format_duration
@@ -316,7 +314,7 @@ def _add_worker_pages(app: Flask, store: CrowdStore) -> None:
             assignment = store.worker_assignment(worker_id, assignment_id)
         except WorkerError:
             abort(404)
-        external = _external_url(assignment["Question"])
+        external = question_external_url(assignment["Question"])
         params = {
             "assignmentId": assignment_id,
             "hitId": assignment["HITId"],

@@ -69,6 +69,7 @@ __all__ = [
     "WorkerError",
     "WorkerAccount",
     "build_answer_xml",
+    "question_external_url",
     "question_html",
 ]
 
@@ -374,15 +375,24 @@ def _parse_question(xml: str) -> ElementTree.Element:
     return root
 
 
-def question_html(question: str) -> str | None:
-    """The HTML document inside an HTMLQuestion (its HTMLContent), or None for another kind."""
+def _question_part(question: str, kind: str, part: str) -> str | None:
     root = ElementTree.fromstring(question)
-    if _split_tag(root.tag)[1] != "HTMLQuestion":
+    if _split_tag(root.tag)[1] != kind:
         return None
     for child in root:
-        if _split_tag(child.tag)[1] == "HTMLContent":
-            return child.text or ""
+        if _split_tag(child.tag)[1] == part:
+            return (child.text or "").strip() if part == "ExternalURL" else child.text or ""
     return None
+
+
+def question_html(question: str) -> str | None:
+    """The HTML document inside an HTMLQuestion (its HTMLContent), or None for another kind."""
+    return _question_part(question, "HTMLQuestion", "HTMLContent")
+
+
+def question_external_url(question: str) -> str | None:
+    """The ExternalURL of an ExternalQuestion, or None for another kind."""
+    return _question_part(question, "ExternalQuestion", "ExternalURL")
 
 
 class CrowdStore:

@@ -44,6 +44,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 from match.crowd.server_store import CrowdStore, WorkerError, question_html
 
@@ -94,7 +95,7 @@ class SimulationSettings:
         """Settings from ``key=value`` pairs separated by commas; ``bias`` also takes
         ``same`` (1) or ``different`` (-1). ``ValueError`` for an unknown key or bad value."""
         types = {f.name: f.type for f in fields(cls)}
-        values: dict[str, object] = {}
+        values: dict[str, Any] = {}
         for item in filter(None, (part.strip() for part in spec.split(","))):
             key, sep, raw = item.partition("=")
             key, raw = key.strip(), raw.strip()
@@ -108,7 +109,7 @@ class SimulationSettings:
                 values[key] = raw
             else:
                 values[key] = float(raw)
-        return cls(**values)  # type: ignore[arg-type]
+        return cls(**values)
 
 
 @dataclass
@@ -145,7 +146,7 @@ class _FormParser(HTMLParser):
                     default_key = name.removeprefix(self._prefix)
                     self.form.groups[name] = ([], attr.get("data-pair", default_key))
                     self.form.fields.append((name, None))
-                values, key = self.form.groups[name]
+                values = self.form.groups[name][0]
                 values.append(attr.get("value", "on"))
                 if "data-pair" in attr:
                     self.form.groups[name] = (values, attr["data-pair"])

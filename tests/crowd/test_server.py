@@ -117,7 +117,9 @@ def crowd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Crowd]:
     clock = FakeClock()
     app, server = _start(tmp_path / "crowd", clock)
     url = f"http://127.0.0.1:{server.server_port}/"
-    client = boto3.client(
+    # A fresh session reads the dummy credentials from the environment (boto3's default
+    # session would keep whatever credentials an earlier test resolved).
+    client = boto3.session.Session().client(
         "mturk", endpoint_url=url, region_name="us-east-1", config=Config(retries={"max_attempts": 1})
     )
     crowd = Crowd(url, app, crowd_store(app), clock, client, server, tmp_path / "crowd")
