@@ -371,9 +371,11 @@ def test_eck_elasticsearch_structure() -> None:
             assert container["name"] == "elasticsearch"
         # Security is not switched off in Kubernetes (ECK would refuse anyway).
         assert "xpack.security.enabled" not in node_set.get("config", {})
-    # match's settings point at ECK's service names for this cluster.
+    # match's settings point at ECK's service names for this cluster, and its index has
+    # a replica for every shard, so one of the three nodes may go.
     name = es["metadata"]["name"]
     data = _one("ConfigMap", "match-config")["data"]
+    assert int(data["MATCH_ES_REPLICAS"]) == 1
     assert data["ELASTICSEARCH_URL"] == f"https://{name}-es-http:9200"
     volumes = _one("Deployment", "match")["spec"]["template"]["spec"]["volumes"]
     assert {"name": "es-ca", "secret": {"secretName": f"{name}-es-http-certs-public",
