@@ -167,7 +167,8 @@ def norms(matrix: npt.NDArray[np.generic]) -> FloatArray:
     if rows.dtype != np.float32:
         rows = rows.astype(np.float32)
     squares = np.einsum("ij,ij->i", rows, rows).astype(np.float64)
-    return np.sqrt(squares)
+    result: FloatArray = np.sqrt(squares)
+    return result
 
 
 def distances(query: npt.NDArray[np.integer], matrix: npt.NDArray[np.generic],
@@ -191,19 +192,16 @@ def distances(query: npt.NDArray[np.integer], matrix: npt.NDArray[np.generic],
         rows = rows.astype(np.float32)
     if matrix_norms is None:
         matrix_norms = norms(rows)
+    stacked = np.atleast_2d(queries)
     # Squares of the norms are integers: rint undoes sqrt's rounding exactly.
     row_squares = np.rint(np.square(matrix_norms))
-    query_squares = np.einsum("...j,...j->...", queries, queries).astype(np.float64)
-    dots = (rows @ queries.T).T.astype(np.float64)
-    query_norms = np.sqrt(query_squares)[..., np.newaxis] if queries.ndim == 2 \
-        else np.sqrt(query_squares)
-    query_squares = query_squares[..., np.newaxis] if queries.ndim == 2 else query_squares
+    query_squares = np.einsum("ij,ij->i", stacked, stacked).astype(np.float64)[:, np.newaxis]
+    dots = (rows @ stacked.T).T.astype(np.float64)
     differences = np.sqrt(np.maximum(query_squares + row_squares - 2.0 * dots, 0.0))
-    denominators = query_norms + matrix_norms
-    with np.errstate(invalid="ignore", divide="ignore"):
-        result = differences / denominators
-    result[denominators == 0] = 1.0
-    return result
+    denominators = np.sqrt(query_squares) + matrix_norms
+    result: FloatArray = np.divide(differences, denominators, out=np.ones_like(differences),
+                                   where=denominators > 0)
+    return result[0] if queries.ndim == 1 else result
 
 
 # --- the signature -------------------------------------------------------------------
@@ -223,7 +221,7 @@ class _Pixels:
     def __init__(self, image: ImageArray) -> None:
         array = np.asarray(image)
         if array.ndim == 3 and array.shape[2] == 3 and array.dtype == np.uint8:
-            self.rgb: npt.NDArray[np.uint8] | None = array
+            self.rgb: npt.NDArray[np.uint8] | None = array.view(np.uint8)
             self.grey: FloatArray | None = None
         elif array.ndim == 2 and np.issubdtype(array.dtype, np.floating):
             self.rgb = None

@@ -104,10 +104,10 @@ def _build(root: Path, photos_path: Path) -> None:
         staging = work / "photos"
         staging.mkdir()
         count = 0
-        for name, image in _images(tree):
+        for name, image, jpeg_file in _images(tree):
             if count == MAX_PHOTOS:
                 break
-            _save(image, staging / f"{name}.jpg")
+            _save(image, jpeg_file, staging / f"{name}.jpg")
             count += 1
         (staging / _MARKER).write_text(f"{count}\n")
         if photos_path.exists():
@@ -133,18 +133,19 @@ def _download(dest: Path) -> list[Path]:
     return sorted(dest.glob("*.deb"))
 
 
-def _images(tree: Path) -> Iterator[tuple[str, Image.Image]]:
-    """(name, image) for every photograph in the unpacked packages, in a fixed order."""
+def _images(tree: Path) -> Iterator[tuple[str, Image.Image, Path | None]]:
+    """(name, image, its JPEG file if it is one) for every photograph in the unpacked
+    packages, in a fixed order."""
     for path in sorted((tree / "usr/share/backgrounds").glob("*.jpg")):
         image = Image.open(path)
         if min(image.size) >= MIN_SIDE:
-            yield f"lomiri-{path.stem}", image
+            yield f"lomiri-{path.stem}", image, path
     for bundle in GCOMPRIS_BUNDLES:
         data = (tree / "usr/share/gcompris-qt/rcc" / f"{bundle}.rcc").read_bytes()
         for index, blob in enumerate(_webp_blobs(data)):
             image = Image.open(io.BytesIO(blob))
             if min(image.size) >= MIN_SIDE:
-                yield f"gcompris-{bundle}-{index:03d}", image
+                yield f"gcompris-{bundle}-{index:03d}", image, None
 
 
 def _webp_blobs(data: bytes) -> Iterator[bytes]:
@@ -159,11 +160,11 @@ def _webp_blobs(data: bytes) -> Iterator[bytes]:
             yield data[start:start + stored_length]
 
 
-def _save(image: Image.Image, path: Path) -> None:
+def _save(image: Image.Image, jpeg_file: Path | None, path: Path) -> None:
     """Write ``image`` as a JPEG: a small enough JPEG file is copied byte for byte,
     anything else is scaled down to a long side of at most MAX_SIDE and encoded."""
-    if image.format == "JPEG" and max(image.size) <= MAX_SIDE and image.filename:
-        shutil.copyfile(image.filename, path)
+    if jpeg_file is not None and max(image.size) <= MAX_SIDE:
+        shutil.copyfile(jpeg_file, path)
         return
     image = image.convert("RGB")
     if max(image.size) > MAX_SIDE:
