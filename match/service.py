@@ -67,7 +67,8 @@ class SignedImage:
     @property
     def signature(self) -> np.ndarray:
         """The signature of the image as given: int8 (648,)."""
-        return self.signatures[0]
+        first: np.ndarray = self.signatures[0]
+        return first
 
 
 @dataclass(frozen=True)

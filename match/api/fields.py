@@ -127,7 +127,7 @@ class Fields:
         if url and (upload is not None or inline is not None):
             raise BadRequest(f"send either {url_field} or {file_field}, not both")
         if upload is not None:
-            data = upload.read()
+            data: bytes = upload.read()
             if not data:
                 raise BadRequest(f"the uploaded file {file_field!r} is empty")
             return data
