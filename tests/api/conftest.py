@@ -85,6 +85,10 @@ def api_settings(backend: str, tmp_path: Path, request: pytest.FixtureRequest,
         "MATCH_LOG_LEVEL": "error",
         "TESTING": True,
     }
+    if backend == "elasticsearch":
+        # Refresh at once instead of waiting for the next refresh (~1 s per add): same
+        # visibility, much faster tests. test_e2e.py runs the default (wait_for).
+        values["MATCH_ES_REFRESH"] = "true"
     values.update(extra)
     return store_settings(backend, tmp_path, request, **values)
 
