@@ -131,14 +131,15 @@ def _translated() -> Iterator[None]:
 class _Matrix:
     """Every signature of the store as float32 rows, for the matmul scan.
 
-    Rows ``[0, size)`` of ``vectors`` are live; ``paths[i]`` names row ``i`` and
-    ``slots`` maps back. A removed row is replaced by the last one, so the live rows
-    stay contiguous. ``generation`` is the store generation the rows reflect.
+    Rows ``[0, size)`` of ``vectors`` are live, with their L2 ``norms`` (float64, from
+    :func:`match.signature.norms`); ``paths[i]`` names row ``i`` and ``slots`` maps
+    back. A removed row is replaced by the last one, so the live rows stay contiguous.
+    ``generation`` is the store generation the rows reflect.
     """
 
     def __init__(self) -> None:
         self.vectors = np.zeros((0, sig.SIGNATURE_LENGTH), dtype=np.float32)
-        self.norms2 = np.zeros(0, dtype=np.float32)
+        self.norms = np.zeros(0, dtype=np.float64)
         self.paths: list[str] = []
         self.slots: dict[str, int] = {}
         self.generation = 0
@@ -151,7 +152,6 @@ class _Matrix:
     def put(self, paths: Sequence[str], signatures: np.ndarray) -> None:
         """Insert or replace rows; ``signatures`` is int8 ``(len(paths), 648)``."""
         rows = signatures.astype(np.float32)
-        norms2 = np.einsum("ij,ij->i", rows, rows)
         targets = np.empty(len(paths), dtype=np.intp)
         for i, path in enumerate(paths):
             slot = self.slots.get(path)
@@ -161,7 +161,7 @@ class _Matrix:
             targets[i] = slot
         self._reserve(len(self.paths))
         self.vectors[targets] = rows
-        self.norms2[targets] = norms2
+        self.norms[targets] = sig.norms(rows)
 
     def remove(self, path: str) -> None:
         """Drop the row of ``path`` if there is one (the last row moves into its slot)."""
@@ -174,7 +174,7 @@ class _Matrix:
             self.paths[slot] = moved
             self.slots[moved] = slot
             self.vectors[slot] = self.vectors[last]
-            self.norms2[slot] = self.norms2[last]
+            self.norms[slot] = self.norms[last]
         self.paths.pop()
 
     def _reserve(self, size: int) -> None:
@@ -184,33 +184,23 @@ class _Matrix:
         # Grow by half again so a stream of single adds copies the matrix rarely.
         capacity = max(size, capacity + capacity // 2, 1024)
         vectors = np.zeros((capacity, sig.SIGNATURE_LENGTH), dtype=np.float32)
-        norms2 = np.zeros(capacity, dtype=np.float32)
+        norms = np.zeros(capacity, dtype=np.float64)
         live = self.vectors.shape[0]
         vectors[:live] = self.vectors
-        norms2[:live] = self.norms2
-        self.vectors, self.norms2 = vectors, norms2
+        norms[:live] = self.norms
+        self.vectors, self.norms = vectors, norms
 
     def scan(self, queries: np.ndarray, cutoff: float) -> tuple[np.ndarray, np.ndarray]:
-        """Rows that may lie within ``cutoff`` of any query, and their exact distances.
+        """Rows within ``cutoff`` of any query, and each one's smallest distance.
 
-        ``queries`` is int8 ``(k, 648)``. Returns ``(rows, distances)``: row indices and,
-        for each, the smallest :func:`match.signature.distances` over the queries.
+        ``queries`` is int8 ``(k, 648)``. The distances are :func:`match.signature.distances`
+        over every live row: one ``(n, 648) @ (648, k)`` float32 product, exact because
+        signatures are small integers.
         """
         n = self.size
-        vectors, norms2 = self.vectors[:n], self.norms2[:n]
-        q = queries.astype(np.float32)
-        q_norms2 = np.einsum("ij,ij->i", q, q)
-        squared = norms2[:, np.newaxis] + q_norms2[np.newaxis, :] - 2.0 * (vectors @ q.T)
-        # distance <= cutoff  <=>  |a - b|^2 <= (cutoff * (|a| + |b|))^2. The slack only
-        # lets in borderline rows; the exact rerank below decides.
-        bound = cutoff * (np.sqrt(norms2)[:, np.newaxis] + np.sqrt(q_norms2)[np.newaxis, :])
-        near = squared <= bound * bound * np.float32(1.0 + 1e-5) + np.float32(1e-3)
-        rows = np.flatnonzero(near.any(axis=1))
-        if rows.size == 0:
-            return rows, np.zeros(0)
-        candidates = vectors[rows].astype(np.int8)
-        exact = np.stack([sig.distances(query, candidates) for query in queries])
-        return rows, exact.min(axis=0)
+        nearest = sig.distances(queries, self.vectors[:n], self.norms[:n]).min(axis=0)
+        rows = np.flatnonzero(nearest <= cutoff)
+        return rows, nearest[rows]
 
 
 class _Connection(sqlite3.Connection):
@@ -366,13 +356,13 @@ class LocalStore(SignatureStore):
                       sha256, added_at)
 
     def _search(self, queries: np.ndarray, size: int, cutoff: float) -> list[Match]:
-        state = self._process()
-        with _translated(), state.lock:
+        with _translated():
             connection = self._connection()
+            state = self._process()
             # One read transaction: the cache refresh and the metadata of the hits come
             # from the same snapshot. The lock is taken first, so no other thread can
             # have moved the cache past this snapshot.
-            with self._transaction(connection):
+            with state.lock, self._transaction(connection):
                 matrix = self._refresh(connection, state)
                 if matrix.size == 0:
                     return []
