@@ -75,6 +75,8 @@ TARGET_PREFIX = "MTurkRequesterServiceV20170117"
 WORKER_COOKIE = "match_crowd_worker"
 ADMIN_TOKEN_ENV = "MATCH_CROWD_ADMIN_TOKEN"
 MAX_BODY_BYTES = 1024 * 1024
+# What MTurk puts in assignmentId while a worker previews a HIT (its forms can't be submitted).
+PREVIEW_ASSIGNMENT_ID = "ASSIGNMENT_ID_NOT_AVAILABLE"
 _EXTENSION = "match_crowd"
 _CREDENTIAL = re.compile(r"Credential=([^/,\s]+)/")
 _TOKEN_IN_URL = re.compile(r"(token=)[^&\s]+")
@@ -307,6 +309,54 @@ def _add_worker_pages(app: Flask, store: CrowdStore) -> None:
             return redirect(url_for("worker_home", message=str(exc)))
         return redirect(url_for("worker_task", assignment_id=assignment_id))
 
+    def frame_url(
+        question: str, content: str, worker_id: str, hit_id: str, assignment_id: str
+    ) -> tuple[str, bool]:
+        """Where the frame showing ``question`` points, and whether that is the requester's
+        site: MTurk's query parameters go to an ExternalURL or to our ``content`` URL."""
+        params = urlencode(
+            {
+                "assignmentId": assignment_id,
+                "hitId": hit_id,
+                "workerId": worker_id,
+                "turkSubmitTo": request.url_root.rstrip("/"),
+            }
+        )
+        external = question_external_url(question)
+        if external is not None:
+            return external + ("&" if "?" in external else "?") + params, True
+        return content + "?" + params, False
+
+    def sandboxed(html: str) -> Response:
+        response = Response(html, content_type="text/html; charset=utf-8")
+        # The requester's HTML runs in an opaque origin: it can post its form, nothing of ours.
+        response.headers["Content-Security-Policy"] = "sandbox allow-forms allow-scripts allow-modals"
+        return response
+
+    @app.get("/worker/hits/<hit_id>")
+    @signed_in
+    def worker_preview(worker_id: str, hit_id: str) -> Any:
+        try:
+            hit = store.preview_hit(worker_id, hit_id)
+        except WorkerError as exc:
+            return redirect(url_for("worker_home", message=str(exc)))
+        content = url_for("worker_preview_content", hit_id=hit_id)
+        frame, external = frame_url(hit["Question"], content, worker_id, hit_id, PREVIEW_ASSIGNMENT_ID)
+        return render_template(
+            "task.html", hit=hit, assignment=None, frame=frame, external=external, now=store.now()
+        )
+
+    @app.get("/worker/hits/<hit_id>/content")
+    @signed_in
+    def worker_preview_content(worker_id: str, hit_id: str) -> Response:
+        try:
+            html = question_html(store.preview_hit(worker_id, hit_id)["Question"])
+        except WorkerError:
+            abort(404)
+        if html is None:
+            abort(404)
+        return sandboxed(rewrite_html_question(html, PREVIEW_ASSIGNMENT_ID, url_for("external_submit")))
+
     @app.get("/worker/assignments/<assignment_id>")
     @signed_in
     def worker_task(worker_id: str, assignment_id: str) -> Any:
@@ -314,19 +364,12 @@ def _add_worker_pages(app: Flask, store: CrowdStore) -> None:
             assignment = store.worker_assignment(worker_id, assignment_id)
         except WorkerError:
             abort(404)
-        external = question_external_url(assignment["Question"])
-        params = {
-            "assignmentId": assignment_id,
-            "hitId": assignment["HITId"],
-            "workerId": worker_id,
-            "turkSubmitTo": request.url_root.rstrip("/"),
-        }
-        if external is not None:
-            frame = external + ("&" if "?" in external else "?") + urlencode(params)
-        else:
-            frame = url_for("worker_task_content", assignment_id=assignment_id) + "?" + urlencode(params)
+        content = url_for("worker_task_content", assignment_id=assignment_id)
+        frame, external = frame_url(
+            assignment["Question"], content, worker_id, assignment["HITId"], assignment_id
+        )
         return render_template(
-            "task.html", assignment=assignment, frame=frame, external=external is not None, now=store.now()
+            "task.html", hit=None, assignment=assignment, frame=frame, external=external, now=store.now()
         )
 
     @app.get("/worker/assignments/<assignment_id>/content")
@@ -339,11 +382,7 @@ def _add_worker_pages(app: Flask, store: CrowdStore) -> None:
         html = question_html(assignment["Question"])
         if html is None or assignment["Status"] != "Accepted":
             abort(404)
-        page = rewrite_html_question(html, assignment_id, url_for("external_submit"))
-        response = Response(page, content_type="text/html; charset=utf-8")
-        # The requester's HTML runs in an opaque origin: it can post its form, nothing of ours.
-        response.headers["Content-Security-Policy"] = "sandbox allow-forms allow-scripts allow-modals"
-        return response
+        return sandboxed(rewrite_html_question(html, assignment_id, url_for("external_submit")))
 
     @app.post("/worker/assignments/<assignment_id>/return")
     @signed_in

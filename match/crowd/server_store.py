@@ -1296,35 +1296,56 @@ class CrowdStore:
                 unmet.add(str(requirement.get("ActionsGuarded") or default))
         return unmet
 
+    def _findable(self, worker_id: str, now: float, hit_id: str | None = None) -> list[JSON]:
+        """The Assignable HITs ``worker_id`` can find (as :meth:`available_hits` describes),
+        with their Question, or only ``hit_id`` if given and findable."""
+        worker = self._worker(worker_id)
+        only, args = ("AND h.id = ? ", (hit_id,)) if hit_id is not None else ("", ())
+        rows = self._db.execute(
+            _HIT_SELECT + " WHERE h.disposed = 0 AND h.reviewing = 0 AND h.expiration > ? "
+            "AND h.requester NOT IN (SELECT requester FROM worker_blocks WHERE worker_id = ?) "
+            "AND h.id NOT IN (SELECT hit_id FROM assignments "
+            f"WHERE worker_id = ? AND status IN (?, ?, ?, ?)) {only}"
+            "GROUP BY h.seq ORDER BY h.seq",
+            (now, worker_id, worker_id, ACCEPTED, *VISIBLE_STATES, *args),
+        ).fetchall()
+        listing = []
+        for row in rows:
+            if self._hit_status(row, now) != "Assignable":
+                continue
+            unmet = self._unmet_guards(worker, json.loads(row["qualification_requirements"]))
+            if "DiscoverPreviewAndAccept" in unmet:
+                continue
+            hit = self._hit_json(row, now)
+            hit.pop("RequesterAnnotation", None)
+            hit["CanAccept"] = not unmet
+            hit["CanPreview"] = "PreviewAndAccept" not in unmet
+            if unmet:
+                hit["Why"] = "You do not have the qualifications this HIT requires."
+            listing.append(hit)
+        return listing
+
     def available_hits(self, worker_id: str) -> list[JSON]:
-        """The Assignable HITs ``worker_id`` can find, oldest first, each with ``CanAccept`` and,
-        when it can't, ``Why``: HITs of requesters who blocked the worker, HITs it already
-        holds or did, and HITs whose qualifications hide them are left out."""
+        """The Assignable HITs ``worker_id`` can find, oldest first, each with ``CanAccept``,
+        ``CanPreview`` and, when it can't accept, ``Why``. Left out: HITs of requesters who
+        blocked the worker, HITs it holds or did, and HITs whose qualification requirements
+        the worker fails and that guard ``DiscoverPreviewAndAccept``."""
         with self._transaction() as now:
-            worker = self._worker(worker_id)
-            rows = self._db.execute(
-                _HIT_SELECT + " WHERE h.disposed = 0 AND h.reviewing = 0 AND h.expiration > ? "
-                "AND h.requester NOT IN (SELECT requester FROM worker_blocks WHERE worker_id = ?) "
-                "AND h.id NOT IN (SELECT hit_id FROM assignments "
-                "WHERE worker_id = ? AND status IN (?, ?, ?, ?)) "
-                "GROUP BY h.seq ORDER BY h.seq",
-                (now, worker_id, worker_id, ACCEPTED, *VISIBLE_STATES),
-            ).fetchall()
-            listing = []
-            for row in rows:
-                if self._hit_status(row, now) != "Assignable":
-                    continue
-                unmet = self._unmet_guards(worker, json.loads(row["qualification_requirements"]))
-                if "DiscoverPreviewAndAccept" in unmet:
-                    continue
-                hit = self._hit_json(row, now)
-                hit.pop("Question")
-                hit.pop("RequesterAnnotation", None)
-                hit["CanAccept"] = not unmet
-                if unmet:
-                    hit["Why"] = "You do not have the qualifications this HIT requires."
-                listing.append(hit)
-            return listing
+            listing = self._findable(worker_id, now)
+        for hit in listing:
+            del hit["Question"]
+        return listing
+
+    def preview_hit(self, worker_id: str, hit_id: str) -> JSON:
+        """A HIT ``worker_id`` may look at before accepting it, with its Question (MTurk's
+        preview). ``WorkerError`` when it can't be found or its requirements guard previews."""
+        with self._transaction() as now:
+            found = self._findable(worker_id, now, hit_id)
+        if not found:
+            raise WorkerError("This HIT is no longer available.")
+        if not found[0]["CanPreview"]:
+            raise WorkerError("You do not have the qualifications this HIT requires to preview it.")
+        return found[0]
 
     def accept_hit(self, worker_id: str, hit_id: str) -> str:
         """Accept ``hit_id`` for ``worker_id``: a new assignment's id. ``WorkerError`` when MTurk

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -272,6 +273,27 @@ def test_unique_request_token_retry_creates_no_second_hit(crowd: Crowd) -> None:
     other.close()
     crowd.clock.advance(24 * 3600 + 1)
     assert make_hit(crowd.client, UniqueRequestToken="batch-7-pair-42")["HITId"] != first["HITId"]
+
+
+def test_concurrent_retries_make_one_hit(crowd: Crowd) -> None:
+    """Eight clients racing with one UniqueRequestToken: one HIT, seven HitAlreadyExists."""
+    clients = [crowd.mturk() for _ in range(8)]
+    barrier = threading.Barrier(len(clients))
+
+    def create(client: Any) -> str:
+        barrier.wait()
+        try:
+            return str(make_hit(client, max_assignments=3, UniqueRequestToken="race")["HITId"])
+        except client.exceptions.RequestError as exc:
+            return str(exc.response["TurkErrorCode"])
+
+    with ThreadPoolExecutor(len(clients)) as pool:
+        outcomes = list(pool.map(create, clients))
+    for client in clients:
+        client.close()
+    assert sorted(outcomes).count("AWS.MechanicalTurk.HitAlreadyExists") == 7
+    assert crowd.client.list_hits()["NumResults"] == 1
+    assert crowd.client.get_account_balance()["OnHoldBalance"] == "0.36"
 
 
 @pytest.mark.parametrize(
@@ -616,6 +638,17 @@ def test_worker_does_a_hit_through_the_web_form(crowd: Crowd) -> None:
     worker_id, browser = crowd.worker()
     home = browser.get("/worker").get_data(as_text=True)
     assert worker_id in home and "Are these two images the same picture?" in home and hit in home
+    preview = browser.get(f"/worker/hits/{hit}").get_data(as_text=True)
+    assert (
+        "Accept this HIT" in preview
+        and f"/worker/hits/{hit}/content?assignmentId=ASSIGNMENT_ID_NOT_AVAILABLE" in preview
+    )
+    preview_html = browser.get(f"/worker/hits/{hit}/content").get_data(as_text=True)
+    assert ("assignmentId", "ASSIGNMENT_ID_NOT_AVAILABLE") in parse_question_form(preview_html).fields
+    refused = browser.post(
+        "/mturk/externalSubmit", data={"assignmentId": "ASSIGNMENT_ID_NOT_AVAILABLE", "q_gold1": "x"}
+    )
+    assert refused.status_code == 409
     accepted = browser.post("/worker/accept", data={"hit_id": hit})
     assert accepted.status_code == 302
     task_url = accepted.headers["Location"]
