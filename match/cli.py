@@ -278,9 +278,13 @@ def _sign_file(path: str, settings: dict[str, Any]) -> service.SignedImage | str
 
 def _pool(jobs: int) -> ProcessPoolExecutor:
     """Signing processes. fork is cheap, and safe while we are single-threaded (the
-    workers only sign; they never touch the store); otherwise the platform default."""
-    fork = "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1
-    context = multiprocessing.get_context("fork" if fork else None)
+    workers only sign; they never touch the store); otherwise forkserver or spawn."""
+    methods = multiprocessing.get_all_start_methods()
+    if "fork" in methods and threading.active_count() == 1:
+        method = "fork"
+    else:
+        method = "forkserver" if "forkserver" in methods else "spawn"
+    context = multiprocessing.get_context(method)
     return ProcessPoolExecutor(max_workers=jobs, mp_context=context)
 
 
