@@ -185,14 +185,16 @@ def _default_workers() -> int:
 def serve(host: str | None, port: int | None, workers: int | None, timeout: int | None) -> None:
     """Serve the HTTP API with gunicorn (access log on stdout, errors on stderr).
 
-    SIGTERM or Ctrl-C shuts down gracefully: workers finish the requests they have.
+    SIGTERM shuts down gracefully (workers finish the requests they have, for up to
+    30 s); Ctrl-C (SIGINT) stops at once.
     """
     app = _app()
     settings = app.config
     bind_host = host or str(settings["MATCH_HOST"])
+    if ":" in bind_host:  # an IPv6 address
+        bind_host = f"[{bind_host.strip('[]')}]"
     options = {
-        "bind": f"[{bind_host}]:{port or settings['MATCH_PORT']}" if ":" in bind_host
-        else f"{bind_host}:{port or settings['MATCH_PORT']}",
+        "bind": f"{bind_host}:{port or settings['MATCH_PORT']}",
         "workers": workers or int(settings["MATCH_WORKERS"]) or _default_workers(),
         "timeout": timeout or int(settings["MATCH_TIMEOUT"]),
         "loglevel": str(settings["MATCH_LOG_LEVEL"]),
