@@ -57,6 +57,7 @@ from match.crowd.server_store import (
     WorkerAccount,
     WorkerError,
     question_external_url,
+    question_frame_height,
     question_html,
 )
 
@@ -155,12 +156,13 @@ def _format_time(epoch: float | None) -> str:
 
 
 def _format_duration(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    if seconds >= 86400:
-        return f"{seconds // 86400} d {seconds % 86400 // 3600} h"
-    if seconds >= 3600:
-        return f"{seconds // 3600} h {seconds % 3600 // 60} min"
-    return f"{seconds // 60} min {seconds % 60} s" if seconds >= 60 else f"{seconds} s"
+    """``seconds`` in its two largest units, a zero second unit left out: "1 d 2 h", "10 min"."""
+    left = max(0, int(seconds))
+    units = [(left // 86400, "d"), (left % 86400 // 3600, "h"), (left % 3600 // 60, "min"), (left % 60, "s")]
+    while len(units) > 1 and units[0][0] == 0:
+        units.pop(0)
+    shown = units[:2] if len(units) > 1 and units[1][0] else units[:1]
+    return " ".join(f"{count} {unit}" for count, unit in shown)
 
 
 def create_crowd_app(
@@ -343,7 +345,13 @@ def _add_worker_pages(app: Flask, store: CrowdStore) -> None:
         content = url_for("worker_preview_content", hit_id=hit_id)
         frame, external = frame_url(hit["Question"], content, worker_id, hit_id, PREVIEW_ASSIGNMENT_ID)
         return render_template(
-            "task.html", hit=hit, assignment=None, frame=frame, external=external, now=store.now()
+            "task.html",
+            hit=hit,
+            assignment=None,
+            frame=frame,
+            external=external,
+            height=question_frame_height(hit["Question"]),
+            now=store.now(),
         )
 
     @app.get("/worker/hits/<hit_id>/content")
@@ -369,7 +377,13 @@ def _add_worker_pages(app: Flask, store: CrowdStore) -> None:
             assignment["Question"], content, worker_id, assignment["HITId"], assignment_id
         )
         return render_template(
-            "task.html", hit=None, assignment=assignment, frame=frame, external=external, now=store.now()
+            "task.html",
+            hit=None,
+            assignment=assignment,
+            frame=frame,
+            external=external,
+            height=question_frame_height(assignment["Question"]),
+            now=store.now(),
         )
 
     @app.get("/worker/assignments/<assignment_id>/content")

@@ -70,6 +70,7 @@ __all__ = [
     "WorkerAccount",
     "build_answer_xml",
     "question_external_url",
+    "question_frame_height",
     "question_html",
 ]
 
@@ -393,6 +394,15 @@ def question_html(question: str) -> str | None:
 def question_external_url(question: str) -> str | None:
     """The ExternalURL of an ExternalQuestion, or None for another kind."""
     return _question_part(question, "ExternalQuestion", "ExternalURL")
+
+
+def question_frame_height(question: str) -> int:
+    """The FrameHeight (pixels) of an HTMLQuestion or ExternalQuestion; 0 means "the whole page"."""
+    for kind in ("HTMLQuestion", "ExternalQuestion"):
+        height = _question_part(question, kind, "FrameHeight")
+        if height is not None:
+            return int(height.strip() or 0)
+    return 0
 
 
 class CrowdStore:
