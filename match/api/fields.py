@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import math
 import re
 from collections.abc import Mapping
@@ -50,10 +51,13 @@ class Fields:
             body = request.get_data(cache=True)
             if not body.strip():
                 return cls({}, {}, is_json=True)
-            data = request.get_json(silent=True)
-            if data is None:
+            try:
+                # Parsed here rather than by request.get_json, which lets RecursionError
+                # (deeply nested arrays) escape as a 500.
+                data = json.loads(body)
+            except (ValueError, RecursionError) as exc:
                 raise BadRequest("the body is not valid JSON; send a JSON object of fields "
-                                 "or use form fields instead")
+                                 "or use form fields instead") from exc
             if not isinstance(data, dict):
                 raise BadRequest("a JSON body must be an object of fields, e.g. "
                                  '{"url": "https://...", "filepath": "..."}')
