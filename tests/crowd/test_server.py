@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import botocore.loaders
+import botocore.session
 import pytest
 import requests
 import xmltodict
@@ -42,6 +44,18 @@ REQUESTER = "AKIDREQUESTERONE"
 START = 1_800_000_000.0
 HTML_NS = "http://mechanicalturk.amazonaws.com/AWSMechanicalTurkDataSchemas/2011-11-11/HTMLQuestion.xsd"
 LABELS = ("same", "edited", "similar", "different")
+
+
+_LOADER = botocore.loaders.create_loader()
+
+
+def fresh_session() -> boto3.session.Session:
+    """A boto3 session that reads credentials from the environment now (boto3's default
+    session keeps whatever an earlier test resolved), sharing one loader of botocore's
+    service models so each client is quick to make."""
+    core = botocore.session.get_session()
+    core.register_component("data_loader", _LOADER)
+    return boto3.session.Session(botocore_session=core)
 
 
 class FakeClock:
@@ -71,7 +85,7 @@ class Crowd:
 
     def mturk(self, access_key: str = REQUESTER) -> Any:
         """Another boto3 client on this server, for requester ``access_key``."""
-        return boto3.client(
+        return fresh_session().client(
             "mturk",
             endpoint_url=self.url,
             region_name="us-east-1",
@@ -118,9 +132,7 @@ def crowd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Crowd]:
     clock = FakeClock()
     app, server = _start(tmp_path / "crowd", clock)
     url = f"http://127.0.0.1:{server.server_port}/"
-    # A fresh session reads the dummy credentials from the environment (boto3's default
-    # session would keep whatever credentials an earlier test resolved).
-    client = boto3.session.Session().client(
+    client = fresh_session().client(
         "mturk", endpoint_url=url, region_name="us-east-1", config=Config(retries={"max_attempts": 1})
     )
     crowd = Crowd(url, app, crowd_store(app), clock, client, server, tmp_path / "crowd")
@@ -892,7 +904,7 @@ def test_serve_runs_the_api_and_simulated_workers(tmp_path: Path, monkeypatch: p
         if ready:
             break
         threading.Event().wait(0.01)
-    client = boto3.client(
+    client = fresh_session().client(
         "mturk", endpoint_url=ready[0], region_name="us-east-1", aws_access_key_id="AKIDSERVE",
         aws_secret_access_key="test",
     )  # fmt: skip
