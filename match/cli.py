@@ -92,7 +92,7 @@ def _crowd_available() -> bool:
     """True when the crowd engineers' ``match/crowd/cli.py`` exists (it defines ``crowd``)."""
     try:
         return importlib.util.find_spec("match.crowd.cli") is not None
-    except ImportError:
+    except (ImportError, ValueError):
         return False
 
 

@@ -149,3 +149,25 @@ def test_real_subprocess_add_dir(env: dict[str, str], photo_dir: Path, tmp_path:
     counted = subprocess.run([sys.executable, "-m", "match", "count"], env=environ, capture_output=True,
                              text=True, timeout=60, cwd=tmp_path)
     assert counted.returncode == 0 and counted.stdout.strip() == "6"
+
+
+def test_crowd_group_is_loaded_from_match_crowd_cli(env: dict[str, str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The contract with the crowd module: match/crowd/cli.py defines a click group ``crowd``."""
+    import importlib.machinery
+    import types
+
+    import click
+
+    module = types.ModuleType("match.crowd.cli")
+    module.__spec__ = importlib.machinery.ModuleSpec("match.crowd.cli", loader=None)
+    group = click.Group("crowd", help="Crowd verification.")
+
+    @group.command()
+    def hello() -> None:
+        click.echo("hello from crowd")
+
+    module.crowd = group  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "match.crowd.cli", module)
+    assert "crowd" in run(env, "--help").stdout
+    assert run(env, "crowd", "hello").stdout.strip() == "hello from crowd"
