@@ -216,62 +216,97 @@ class _Pixels:
     per row of at least two pixels, whose result per pixel does not depend on the row's
     length or position. Images smaller than ``_SMALL_SIDE`` are converted whole, as
     ``rgb2gray`` would (a one-pixel-wide image takes another BLAS path there).
+
+    A rotated or mirrored view (``np.rot90``, ``np.flip``, ``.T``: negative or swapped
+    strides) is read through its un-rotated base, so that squares are copied from
+    memory in order, then turned: ``image == flips(swap(base))``, see :func:`_unturn`.
+    All coordinates taken and returned are the view's.
     """
 
     def __init__(self, image: ImageArray) -> None:
         array = np.asarray(image)
         if array.ndim == 3 and array.shape[2] == 3 and array.dtype == np.uint8:
-            self.rgb: npt.NDArray[np.uint8] | None = array.view(np.uint8)
-            self.grey: FloatArray | None = None
+            source: npt.NDArray[np.generic] = array
+            self.is_rgb = True
         elif array.ndim == 2 and np.issubdtype(array.dtype, np.floating):
-            self.rgb = None
-            self.grey = array.astype(np.float64, copy=False)
+            source = array.astype(np.float64, copy=False)
+            self.is_rgb = False
         else:
             raise ValueError("expected a 2-D float grey image or uint8 RGB pixels of shape "
                              f"(h, w, 3); got {array.dtype} {array.shape}")
         self.shape: tuple[int, int] = (array.shape[0], array.shape[1])
         if min(self.shape) == 0:
             raise ValueError(f"empty image {self.shape}")
-        if self.rgb is not None and min(self.shape) < _SMALL_SIDE:
-            self.grey = _rgb_to_grey(np.ascontiguousarray(self.rgb))
-            self.rgb = None
+        if self.is_rgb and min(self.shape) < _SMALL_SIDE:
+            source = _rgb_to_grey(np.ascontiguousarray(source))
+            self.is_rgb = False
+        self.base, self.swap, self.flip_rows, self.flip_cols = _unturn(source)
+
+    def _base_block(self, rows: tuple[int, int], cols: tuple[int, int]) -> npt.NDArray[np.generic]:
+        """The part of the base that ``image[rows[0]:rows[1], cols[0]:cols[1]]`` shows, not
+        turned yet (:meth:`_turn` does that): a plain slice, cheap to copy."""
+        height, width = self.shape
+        if self.flip_rows:
+            rows = (height - rows[1], height - rows[0])
+        if self.flip_cols:
+            cols = (width - cols[1], width - cols[0])
+        if self.swap:
+            rows, cols = cols, rows
+        return self.base[rows[0]:rows[1], cols[0]:cols[1]]
+
+    def _turn(self, values: FloatArray, axes: tuple[int, int]) -> FloatArray:
+        """Grey levels of base blocks (along ``axes``) as the image shows them."""
+        if self.swap:
+            values = values.swapaxes(*axes)
+        flips = tuple(axis for axis, flip in zip(axes, (self.flip_rows, self.flip_cols),
+                                                 strict=True) if flip)
+        return np.flip(values, flips) if flips else values
+
+    def _grey(self, values: npt.NDArray[np.generic]) -> FloatArray:
+        if self.is_rgb:
+            return _rgb_to_grey(values.astype(np.uint8, copy=False))
+        return values.astype(np.float64, copy=False)
 
     def grey_blocks(self, rows: list[int], cols: list[int], size: int) -> FloatArray:
         """Grey levels of the ``size`` x ``size`` squares at (rows[i], cols[j]) (their
-        top-left corners): C-contiguous, shape ``(len(rows), len(cols), size, size)``."""
-        source = self.grey if self.rgb is None else self.rgb
-        assert source is not None
-        blocks = np.empty((len(rows), len(cols), size, size) + source.shape[2:], source.dtype)
+        top-left corners): C-contiguous, shape ``(len(rows), len(cols), size, size)``.
+
+        The squares are copied from the base as they lie in memory, converted to grey,
+        then turned as floats (turning 3-byte pixels costs numpy far more)."""
+        blocks = np.empty((len(rows), len(cols), size, size) + self.base.shape[2:], self.base.dtype)
         for i, top in enumerate(rows):
-            band = source[top:top + size]
             for j, left in enumerate(cols):
-                blocks[i, j] = band[:, left:left + size]
-        return blocks.astype(np.float64, copy=False) if self.rgb is None \
-            else _rgb_to_grey(blocks)
+                blocks[i, j] = self._base_block((top, top + size), (left, left + size))
+        return np.ascontiguousarray(self._turn(self._grey(blocks), (2, 3)))
 
     def grey_window(self, rows: tuple[int, int], cols: tuple[int, int]) -> FloatArray:
         """Grey levels of ``[rows[0]:rows[1], cols[0]:cols[1]]``, as a strided view (one
         spare column), laid out like image-match's slice of its whole grey image."""
         height, width = rows[1] - rows[0], cols[1] - cols[0]
-        if self.rgb is None:
-            assert self.grey is not None
-            values = self.grey[rows[0]:rows[1], cols[0]:cols[1]]
-        else:
-            values = _rgb_to_grey(self.rgb[rows[0]:rows[1], cols[0]:cols[1]])
         strided = np.empty((height, width + 1))
-        strided[:, :width] = values
+        block = np.ascontiguousarray(self._base_block(rows, cols))
+        strided[:, :width] = self._turn(self._grey(block), (0, 1))
         return strided[:, :width]
 
     def line_is_flat(self, axis: int, index: int) -> bool:
         """Whether row (``axis=0``) or column (``axis=1``) ``index`` has one grey level."""
-        if self.rgb is None:
-            assert self.grey is not None
-            line = self.grey[index] if axis == 0 else self.grey[:, index]
-        else:
-            pixels = self.rgb[index] if axis == 0 else self.rgb[:, index]
-            # As one row of pixels: a column of width 1 would take another BLAS path.
-            line = _rgb_to_grey(np.ascontiguousarray(pixels)[np.newaxis])[0]
-        return bool(np.all(line == line[0]))
+        height, width = self.shape
+        line = (self._base_block((index, index + 1), (0, width)) if axis == 0
+                else self._base_block((0, height), (index, index + 1)))
+        # As one row of pixels (order does not matter here): a column of width 1 would
+        # take another BLAS path.
+        grey = self._grey(np.ascontiguousarray(line).reshape((1, -1) + line.shape[2:]))
+        return bool(np.all(grey == grey.flat[0]))
+
+
+def _unturn(array: npt.NDArray[np.generic]) -> tuple[npt.NDArray[np.generic], bool, bool, bool]:
+    """``(base, swap, flip_rows, flip_cols)`` with ``array`` equal to ``base`` with axes 0
+    and 1 swapped (if ``swap``) then reversed along them (if ``flip_*``), where ``base``
+    has positive strides, rows outermost: the memory order of an un-rotated image."""
+    flip_rows, flip_cols = array.strides[0] < 0, array.strides[1] < 0
+    base = array[::-1 if flip_rows else 1, ::-1 if flip_cols else 1]
+    swap = base.strides[0] < base.strides[1]
+    return (base.swapaxes(0, 1) if swap else base), swap, flip_rows, flip_cols
 
 
 def _rgb_to_grey(rgb: npt.NDArray[np.uint8]) -> FloatArray:
