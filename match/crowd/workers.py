@@ -27,7 +27,9 @@ Worker behaviour (:class:`SimulationSettings`): an honest worker gives the true 
 with probability ``accuracy``; otherwise a wrong label, drawn with weight
 ``1 + bias * position`` where ``position`` is +1 for ``same``, +1/3 ``edited``, -1/3
 ``similar``, -1 ``different`` (``bias`` > 0 errs toward "same", < 0 toward
-"different"). A share ``spammers`` of the workers answer at random. ``latency`` is the
+"different"), and with ``errors=adjacent`` also by ``1 / steps apart on the scale`` (people
+confuse "same" with "edited" more often than with "different"; the default, ``uniform``,
+doesn't). A share ``spammers`` of the workers answer at random. ``latency`` is the
 mean time (exponential) from accepting to submitting, and with probability
 ``no_shows`` a worker accepts and never submits, so the assignment is abandoned when
 its duration runs out, as on MTurk.
@@ -80,8 +82,11 @@ class SimulationSettings:
     interval: float = 1.0
     field_prefix: str = "q_"
     truth: str | None = None
+    errors: str = "uniform"
 
     def __post_init__(self) -> None:
+        if self.errors not in ("uniform", "adjacent"):
+            raise ValueError("errors must be 'uniform' or 'adjacent'")
         for name in ("accuracy", "spammers", "no_shows"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1")
@@ -105,7 +110,7 @@ class SimulationSettings:
                 values[key] = 1.0 if raw == "same" else -1.0
             elif key in ("workers", "seed"):
                 values[key] = int(raw)
-            elif key in ("field_prefix", "truth"):
+            elif key in ("field_prefix", "truth", "errors"):
                 values[key] = raw
             else:
                 values[key] = float(raw)
@@ -214,6 +219,12 @@ class SimulatedWorker:
         if not wrong:
             return truth
         weights = [max(0.0, 1.0 + settings.bias * _POSITION.get(label, 0.0)) for label in wrong]
+        if settings.errors == "adjacent" and truth in _POSITION:
+            # A confusion is likelier between neighbours on the scale: weight 1 / steps apart.
+            weights = [
+                weight * 2 / (3 * abs(_POSITION[truth] - _POSITION[label])) if label in _POSITION else weight
+                for weight, label in zip(weights, wrong, strict=True)
+            ]
         if not any(weights):
             return self.rng.choice(wrong)
         return self.rng.choices(wrong, weights)[0]

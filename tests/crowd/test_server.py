@@ -827,6 +827,9 @@ def test_simulated_spammers_and_bias(crowd: Crowd) -> None:
     wrong = [biased.workers[0].choose(list(LABELS), "different", biased.settings) for _ in range(600)]
     assert wrong.count("same") > wrong.count("edited") > wrong.count("similar")
     assert "different" not in wrong
+    near = SimulatedCrowd(crowd.store, SimulationSettings(accuracy=0.0, errors="adjacent", seed=1))
+    confused = [near.workers[0].choose(list(LABELS), "same", near.settings) for _ in range(1100)]
+    assert confused.count("edited") > confused.count("similar") > confused.count("different") > 100
 
 
 def test_simulated_no_shows_are_abandoned_and_latency_waits_for_the_clock(crowd: Crowd) -> None:
@@ -850,7 +853,8 @@ def test_simulation_settings_parse() -> None:
         workers=20, accuracy=0.7, bias=1.0, spammers=0.2, latency=0.0, seed=5
     )
     assert SimulationSettings.parse("bias=-0.5,field_prefix=pair_").field_prefix == "pair_"
-    for bad in ("accuracy=2", "speed=3", "accuracy"):
+    assert SimulationSettings.parse("errors=adjacent").errors == "adjacent"
+    for bad in ("accuracy=2", "speed=3", "accuracy", "errors=sometimes"):
         with pytest.raises(ValueError):
             SimulationSettings.parse(bad)
 
