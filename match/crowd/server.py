@@ -42,6 +42,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from html import escape as html_escape
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -67,6 +68,7 @@ __all__ = [
     "crowd_store",
     "serve",
     "set_balance",
+    "rewrite_html_question",
     "RedactingRequestHandler",
 ]
 
@@ -122,10 +124,6 @@ def _aws_error(type_name: str, message: str, status: int, turk_code: str | None 
     )
 
 
-def _html_escape_attribute(value: str) -> str:
-    return value.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;").replace(">", "&gt;")
-
-
 def rewrite_html_question(html: str, assignment_id: str, submit_url: str) -> str:
     """An HTMLQuestion's HTML as this server shows it to a worker.
 
@@ -133,8 +131,8 @@ def rewrite_html_question(html: str, assignment_id: str, submit_url: str) -> str
     to ``submit_url`` instead, and their ``assignmentId`` field carries ``assignment_id``;
     a form without that field gets a hidden one, as MTurk requires it.
     """
-    value = _html_escape_attribute(assignment_id)
-    action = _html_escape_attribute(submit_url)
+    value = html_escape(assignment_id)
+    action = html_escape(submit_url)
     html = _FORM_ACTION.sub(lambda m: f'{m.group(1)}"{action}"', html)
 
     def fill(match: re.Match[str]) -> str:
