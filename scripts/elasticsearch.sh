@@ -30,7 +30,8 @@
 #   ES_HOME           unpacked distribution to use (default $ES_CACHE_DIR/elasticsearch-$ES_VERSION)
 #   ES_JAVA_HOME      JDK to run it with (default: detected, see find_java)
 #   ES_USER           system user that runs ES when the script runs as root (default match-es)
-#   ES_TIMEOUT        seconds to wait for the cluster health (default 180)
+#   ES_TIMEOUT        seconds a start may take, launch + yellow health (default 180 for
+#                     the single node, 300 for the 3-node cluster: 3 JVMs on 2 cores)
 #   ES_FRESH=1        wipe the single node's data before starting it
 #   ES_EXTRA_SETTINGS extra node settings, space-separated key=value, passed as -E key=value
 #                     (only settings of modules the integ-test zip has: others abort startup)
@@ -50,7 +51,9 @@ ES_HEAP=${ES_HEAP:-1g}
 ES_CLUSTER_HEAP=${ES_CLUSTER_HEAP:-512m}
 ES_CLUSTER_PORT=${ES_CLUSTER_PORT:-9201}
 ES_USER=${ES_USER:-match-es}
+ES_TIMEOUT_USER=${ES_TIMEOUT:-}
 ES_TIMEOUT=${ES_TIMEOUT:-180}
+DEADLINE=0
 ES_FRESH=${ES_FRESH:-0}
 ES_EXTRA_SETTINGS=${ES_EXTRA_SETTINGS:-}
 ES_JDK_SEARCH=${ES_JDK_SEARCH:-/usr/lib/jvm/*}
@@ -335,6 +338,13 @@ prepare_node() { # dir cluster_name node_name http_port heap mode(single|cluster
     if [ "$IS_ROOT" = 1 ]; then chown -R "$ES_USER:$ES_USER" "$dir"; fi
 }
 
+start_clock() { DEADLINE=$((SECONDS + ES_TIMEOUT)); }
+time_left() { # seconds until DEADLINE, at least 15
+    local left=$((DEADLINE - SECONDS))
+    if [ "$left" -lt 15 ]; then left=15; fi
+    echo "$left"
+}
+
 launch_node() { # dir heap ; starts ES as a daemon (returns once the node is up or failed)
     local dir=$1 heap=$2 kv settings=() cmd
     for kv in $ES_EXTRA_SETTINGS; do settings+=(-E "$kv"); done
@@ -346,8 +356,8 @@ launch_node() { # dir heap ; starts ES as a daemon (returns once the node is up 
     # -d returns once the node has started (or died); timeout keeps CI from hanging.
     # fd 9 (our lock) must not leak into the daemon.
     local rc=0
-    (cd "$dir" && timeout "$ES_TIMEOUT" "${cmd[@]}" </dev/null >"$dir/start.out" 2>&1 9>&-) || rc=$?
-    if [ "$rc" = 124 ]; then log "$(basename "$dir"): not started after $ES_TIMEOUT s (ES_TIMEOUT)"; fi
+    (cd "$dir" && timeout "$(time_left)" "${cmd[@]}" </dev/null >"$dir/start.out" 2>&1 9>&-) || rc=$?
+    if [ "$rc" = 124 ]; then log "$(basename "$dir"): not started within ES_TIMEOUT=$ES_TIMEOUT s"; fi
     return "$rc"
 }
 
@@ -415,7 +425,7 @@ cmd_start() {
     pid=$(pid_of "$dir")
     if [ -n "$pid" ]; then
         log "Elasticsearch $(cat "$dir/es-version" 2>/dev/null) already running on 127.0.0.1:$ES_PORT (pid $pid)"
-        wait_health "$ES_PORT" "" "$ES_TIMEOUT" >/dev/null || die "but it does not answer _cluster/health"
+        wait_health "$ES_PORT" "" 60 >/dev/null || die "but it does not answer _cluster/health"
         return 0
     fi
     if port_in_use "$ES_PORT"; then
@@ -428,13 +438,14 @@ cmd_start() {
     if [ "$ES_FRESH" = 1 ]; then rm -rf "$dir/data"; fi
     prepare_node "$dir" "$SINGLE_CLUSTER_NAME" match-es-single "$ES_PORT" "$ES_HEAP" single
     log "Starting Elasticsearch $ES_VERSION single node on 127.0.0.1:$ES_PORT (heap $ES_HEAP, user $(if [ "$IS_ROOT" = 1 ]; then echo "$ES_USER"; else id -un; fi), dir $dir)"
+    start_clock
     if ! launch_node "$dir" "$ES_HEAP"; then
         log_tail "$dir" "$SINGLE_CLUSTER_NAME"
         stop_node "$dir" "Elasticsearch on 127.0.0.1:$ES_PORT" KILL
         die "Elasticsearch did not start"
     fi
     local health
-    if ! health=$(wait_health "$ES_PORT" "" "$ES_TIMEOUT"); then
+    if ! health=$(wait_health "$ES_PORT" "" "$(time_left)"); then
         log_tail "$dir" "$SINGLE_CLUSTER_NAME"
         stop_node "$dir" "Elasticsearch on 127.0.0.1:$ES_PORT" KILL
         die "no yellow/green _cluster/health on 127.0.0.1:$ES_PORT within $ES_TIMEOUT s"
@@ -461,7 +472,8 @@ cmd_status() {
 }
 
 # ------------------------------------------------------------- 3-node cluster
-node_dir() { echo "$RUN_DIR/cluster3/node-$1"; }
+cluster_dir() { echo "$RUN_DIR/cluster3-$ES_CLUSTER_PORT"; }
+node_dir() { echo "$(cluster_dir)/node-$1"; }
 node_port() { echo $((ES_CLUSTER_PORT + $1 - 1)); }
 check_index() { case "${1:-}" in 1|2|3) ;; *) die "node index must be 1, 2 or 3 (got '${1:-}')" ;; esac; }
 
@@ -509,14 +521,15 @@ cmd_cluster_start() {
     ensure_user
     if [ "${#running[@]}" -eq 0 ]; then
         log "Starting a fresh 3-node cluster $CLUSTER3_NAME (Elasticsearch $ES_VERSION)"
-        rm -rf "$RUN_DIR/cluster3"
+        rm -rf "$(cluster_dir)"
     fi
     for i in "${missing[@]}"; do
         prepare_node "$(node_dir "$i")" "$CLUSTER3_NAME" "node-$i" "$(node_port "$i")" "$ES_CLUSTER_HEAP" cluster3
     done
+    start_clock
     launch_nodes "${missing[@]}" || cluster_fail "a cluster node did not start"
     local health
-    health=$(wait_health "$(node_port 1)" "&wait_for_nodes=3" "$ES_TIMEOUT") \
+    health=$(wait_health "$(node_port "${missing[0]}")" "&wait_for_nodes=3" "$(time_left)") \
         || cluster_fail "cluster $CLUSTER3_NAME did not reach 3 nodes + yellow within $ES_TIMEOUT s"
     log "3-node cluster $CLUSTER3_NAME is up on http://127.0.0.1:$(node_port 1)-$(node_port 3) ($((SECONDS - t0)) s): $health"
 }
@@ -587,9 +600,10 @@ cmd_node_start() {
     log "Java: $JAVA_DIR (Java $JAVA_V)"
     ensure_user
     prepare_node "$(node_dir "$i")" "$CLUSTER3_NAME" "node-$i" "$(node_port "$i")" "$ES_CLUSTER_HEAP" cluster3
+    start_clock
     launch_nodes "$i" || cluster_fail "node-$i did not start"
     port=$(node_port "$i")
-    wait_health "$port" "" "$ES_TIMEOUT" >/dev/null || cluster_fail "node-$i did not rejoin within $ES_TIMEOUT s"
+    wait_health "$port" "" "$(time_left)" >/dev/null || cluster_fail "node-$i did not rejoin within $ES_TIMEOUT s"
     log "node-$i is back on http://127.0.0.1:$port"
 }
 
@@ -617,6 +631,7 @@ main() {
         esac
     done
     case "$nodes" in 1|3) ;; *) die "--nodes must be 1 or 3" ;; esac
+    if [ "$nodes" = 3 ] || [ "${action#node-}" != "$action" ]; then ES_TIMEOUT=${ES_TIMEOUT_USER:-300}; fi
     case "$action:$nodes" in
         start:1) cmd_start ;;
         start:3) cmd_cluster_start ;;
