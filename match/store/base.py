@@ -25,6 +25,7 @@ never sees a malformed signature or a negative offset.
 from __future__ import annotations
 
 import abc
+import builtins
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -188,14 +189,14 @@ class SignatureStore(abc.ABC):
     def _get(self, filepath: str) -> Record | None: ...
 
     @abc.abstractmethod
-    def _search(self, queries: np.ndarray, size: int, cutoff: float) -> list[Match]:
+    def _search(self, queries: np.ndarray, size: int, cutoff: float) -> builtins.list[Match]:
         """``queries`` is int8 (k, 648); rerank with match.signature.distances."""
 
     @abc.abstractmethod
     def _count(self) -> int: ...
 
     @abc.abstractmethod
-    def _list(self, offset: int, limit: int) -> list[str]: ...
+    def _list(self, offset: int, limit: int) -> builtins.list[str]: ...
 
     def __enter__(self) -> SignatureStore:
         return self
