@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import boto3
+import botocore
 import botocore.config
 import botocore.exceptions
 import xmltodict
@@ -209,9 +210,7 @@ class Turk:
 
 def _snake(operation: str) -> str:
     """``CreateHITWithHITType`` -> ``create_hit_with_hit_type`` (botocore's method names)."""
-    text = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", operation)
-    text = re.sub(r"([a-z\d])([A-Z])", r"\1_\2", text)
-    return text.lower()
+    return str(botocore.xform_name(operation))
 
 
 def duplicate_hit_id(error: TurkRequestError) -> str | None:

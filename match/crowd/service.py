@@ -88,7 +88,7 @@ class CrowdSettings:
     auto_approval_delay: int = 3 * 24 * 3600
     qualifications: tuple[dict[str, Any], ...] = ()
     budget_cents: int = 1000
-    block_below: float = 0.6
+    block_below: float = 0.5
     block_min_gold: int = 8
     reject_failed_gold: bool = False
     title: str = T.DEFAULT_TITLE
@@ -153,9 +153,10 @@ def should_block(right: int, total: int, threshold: float, min_gold: int) -> boo
     return total >= min_gold and _binomial_cdf(right, total, threshold) < 0.05
 
 
-def skill(right: int, total: int) -> float:
-    """A worker's accuracy estimate from gold: Beta posterior mean, prior 0.7 worth 5 answers."""
-    return (right + 3.5) / (total + 5.0)
+def skill(exact: int, total: int) -> float:
+    """A worker's accuracy on the four-step scale, from how often they gave a gold pair's
+    exact label: the Beta posterior mean with a prior of 0.7 worth 4 answers."""
+    return (exact + 2.8) / (total + 4.0)
 
 
 @dataclass
@@ -209,6 +210,8 @@ class CrowdService:
         self._fetch = fetch
         self._compare = compare
         self._lock = threading.RLock()
+        self._balance: int | None = None  # GetAccountBalance, counted down within one pass
+        self._fresh_bonuses: set[str] = set()  # bonus intents made by this process
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> CrowdService:
@@ -409,9 +412,9 @@ class CrowdService:
         except Exception as exc:  # Pillow raises many types for undecodable bytes
             log.info("no generated gold from an undecodable image: %s", exc)
             return made
-        made.append(self.add_gold(_MEDIA + key, _MEDIA + self.media.keep(copy), "same", source="generated"))
+        made.append(self.add_gold(_MEDIA + key, _MEDIA + self.media.keep(copy), "edited", source="generated"))
         for gold in reversed(self.state.gold()):
-            if gold["source"] != "generated" or gold["label"] != "same" or gold["image1"] == _MEDIA + key:
+            if gold["source"] != "generated" or gold["label"] != "edited" or gold["image1"] == _MEDIA + key:
                 continue
             try:
                 other = self.media.read(gold["image1"][len(_MEDIA) :])
@@ -510,12 +513,20 @@ class CrowdService:
                 f"${T.dollars(cap)} budget (MATCH_CROWD_BUDGET) is committed; nothing was "
                 "created or paid"
             )
-        balance = self.turk.balance()
+        balance = self._available()
         if balance < cents:
             raise BudgetExceeded(
                 f"{what} would cost ${T.dollars(cents)} but the account balance "
                 f"(GetAccountBalance) is ${T.dollars(balance)}; nothing was created or paid"
             )
+        self._balance = balance - cents
+
+    def _available(self) -> int:
+        """GetAccountBalance, asked once per sync pass or batch and then counted down locally
+        as we spend (every spend is checked against it)."""
+        if self._balance is None:
+            self._balance = self.turk.balance()
+        return self._balance
 
     # ===== HITs ====================================================================
 
@@ -553,6 +564,7 @@ class CrowdService:
             return []
         s = self.settings
         with self._lock:
+            self._balance = None
             for _name, image1, image2, _d, _o in planned:
                 self._ensure_gold(image1, image2)
             self.check_budget(
@@ -661,7 +673,13 @@ class CrowdService:
         """One pass: reconcile, collect, review, pay, decide, extend, clean up."""
         summary = SyncSummary()
         with self._lock:
+            self._balance = None
             self._reconcile(summary)
+            # A full pass asks which HITs are Reviewable (all answers in, or expired) in one
+            # paginated call, instead of listing the assignments of every open HIT.
+            reviewable = None if task_ids is not None else {
+                str(h["HITId"]) for h in self.turk.pages("ListReviewableHITs", "HITs", MaxResults=100)
+            }
             rows = (
                 [r for r in (self.state.task_by_id(i) for i in task_ids) if r]
                 if task_ids is not None
@@ -671,7 +689,7 @@ class CrowdService:
                 if task["state"] != "processing":
                     continue
                 try:
-                    self._sync_task(task, summary)
+                    self._sync_task(task, summary, reviewable)
                 except BudgetExceeded as exc:
                     summary.errors.append(f"{task['name']}: {exc.message}")
                     self._finish(task, summary, budget_message=exc.message)
@@ -699,9 +717,12 @@ class CrowdService:
             self.state.update_hit(hit["hit_key"], max_assignments=ext["target"])
             summary.reconciled += 1
 
-    def _sync_task(self, task: Row, summary: SyncSummary) -> None:
+    def _sync_task(self, task: Row, summary: SyncSummary, reviewable: set[str] | None = None) -> None:
+        """Collect a task's HITs (only the Reviewable ones when ``reviewable`` is given:
+        all their assignments are in, or they expired), then decide, extend or wait."""
         for hit in self.state.hits(task_id=task["id"], states=["open"]):
-            self._collect(task, hit, summary)
+            if reviewable is None or hit["hit_id"] in reviewable:
+                self._collect(task, hit, summary)
         task = self.state.task_by_id(task["id"]) or task
         result, decided = self._estimate(task)
         self.state.update_result(task["id"], result)
@@ -750,7 +771,7 @@ class CrowdService:
         """The task's posterior from its counted votes; (result, confident?)."""
         votes = [a for a in self.state.assignments(task_id=task["id"]) if a["counted"]]
         workers = {w["worker_id"]: w for w in self.state.workers()}
-        skills = {wid: skill(w["gold_right"], w["gold_total"]) for wid, w in workers.items()}
+        skills = {wid: skill(w["gold_exact"], w["gold_total"]) for wid, w in workers.items()}
         table = [(task["id"], v["worker_id"], v["label"]) for v in votes]
         answers = len(self.state.assignments(task_id=task["id"]))
         if not table:
@@ -784,9 +805,9 @@ class CrowdService:
                 worker_id = remote["WorkerId"]
                 gold_answer = labels[gold["gold_id"]]
                 gold_ok = T.gold_correct(gold["label"], gold_answer)
-                worker = self.state.record_gold(worker_id, gold_ok)
+                worker = self.state.record_gold(worker_id, gold_ok, gold_answer == gold["label"])
                 if not worker["blocked"] and should_block(
-                    worker["gold_right"],
+                    worker["gold_exact"],
                     worker["gold_total"],
                     self.settings.block_below,
                     self.settings.block_min_gold,
@@ -823,13 +844,9 @@ class CrowdService:
                 )
                 summary.collected += 1
                 if gold_ok and self.settings.bonus_cents:
-                    self.state.add_bonus(
-                        T.request_token("bonus", self.state.path, assignment_id),
-                        assignment_id,
-                        worker_id,
-                        task["id"],
-                        self.settings.bonus_cents,
-                    )
+                    token = T.request_token("bonus", self.state.path, assignment_id)
+                    self.state.add_bonus(token, assignment_id, worker_id, task["id"], self.settings.bonus_cents)
+                    self._fresh_bonuses.add(token)
                 known = self.state.assignment(assignment_id)
             assert known is not None
             if known["review"] is None:
@@ -880,14 +897,16 @@ class CrowdService:
             assignment = self.state.assignment(bonus["assignment_id"])
             if assignment is None or assignment["review"] != "approved":
                 continue
-            paid = any(
+            # An intent from an earlier run may have been paid before that run died: look first.
+            paid = bonus["token"] not in self._fresh_bonuses and any(
                 p.get("AssignmentId") == bonus["assignment_id"]
                 for p in self.turk.bonus_payments(bonus["assignment_id"])
             )
             if not paid:
                 amount = bonus["cents"] + T.fee_cents(bonus["cents"])
-                if self.turk.balance() < amount:
+                if self._available() < amount:
                     raise BudgetExceeded(f"a ${T.dollars(bonus['cents'])} bonus passes the account balance")
+                self._balance = self._available() - amount
                 try:
                     self.turk.call(
                         "SendBonus",
@@ -986,10 +1005,12 @@ class CrowdService:
             task = self.state.task_by_id(hit["task_id"])
             if task is None or task["state"] == "processing":
                 continue
-            if hit["state"] == "open":
+            complete = len(self.state.assignments(hit_key=hit["hit_key"])) >= hit["max_assignments"]
+            if hit["state"] == "open" and not complete:
                 self.turk.expire_hit(hit["hit_id"])
                 self.state.update_hit(hit["hit_key"], state="expiring")
-            self._collect(task, hit, summary)  # late submissions: reviewed and paid, not counted
+            if not complete:
+                self._collect(task, hit, summary)  # late submissions: reviewed and paid, not counted
             try:
                 self.turk.call("DeleteHIT", HITId=hit["hit_id"])
             except TurkRequestError as exc:

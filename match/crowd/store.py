@@ -116,6 +116,7 @@ CREATE TABLE IF NOT EXISTS bonuses (
 CREATE TABLE IF NOT EXISTS workers (
     worker_id TEXT PRIMARY KEY,
     gold_right INTEGER NOT NULL DEFAULT 0,
+    gold_exact INTEGER NOT NULL DEFAULT 0,
     gold_total INTEGER NOT NULL DEFAULT 0,
     blocked INTEGER NOT NULL DEFAULT 0,
     blocked_at REAL,
@@ -174,6 +175,9 @@ class CrowdState:
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA busy_timeout=30000")
+            # WAL + NORMAL survives a crash of the process (what idempotency needs); only a
+            # power loss can lose the last commits, and the endpoint reconciles those too.
+            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the crowd state at {self.path}: {exc}") from exc
@@ -449,14 +453,15 @@ class CrowdState:
 
     # --- workers -------------------------------------------------------------------
 
-    def record_gold(self, worker_id: str, right: bool) -> Row:
-        """Count one gold answer of a worker; returns the worker's row."""
+    def record_gold(self, worker_id: str, right: bool, exact: bool = False) -> Row:
+        """Count one gold answer of a worker (right on same-or-not; exactly the known
+        label); returns the worker's row."""
         with self.transaction() as db:
             db.execute("INSERT OR IGNORE INTO workers (worker_id) VALUES (?)", (worker_id,))
             db.execute(
-                "UPDATE workers SET gold_right = gold_right + ?, gold_total = gold_total + 1 "
-                "WHERE worker_id = ?",
-                (int(right), worker_id),
+                "UPDATE workers SET gold_right = gold_right + ?, gold_exact = gold_exact + ?, "
+                "gold_total = gold_total + 1 WHERE worker_id = ?",
+                (int(right), int(exact), worker_id),
             )
         worker = self.worker(worker_id)
         assert worker is not None

@@ -245,14 +245,17 @@ def is_match(label: str) -> bool:
 def gold_accepts(gold_label: str) -> frozenset[str]:
     """The answers counted right for a gold pair whose known answer is ``gold_label``.
 
-    ``same`` and ``edited`` accept each other (a transformed copy is honestly either);
-    ``similar`` and ``different`` must be answered exactly.
+    A gold answer is judged on the question the verdict answers, *same picture or not*:
+    ``same`` and ``edited`` accept each other (a transformed copy is honestly either),
+    and so do ``similar`` and ``different``. A random answerer passes half the time,
+    an honest one nearly always; :func:`match.crowd.service.should_block` separates them
+    over many answers, and the exact agreement (``gold_exact``) sets a worker's weight.
     """
     if gold_label not in LABELS:
         raise ValueError(f"gold label must be one of {', '.join(LABELS)}; got {gold_label!r}")
     if gold_label in MATCH_LABELS:
         return MATCH_LABELS
-    return frozenset({gold_label})
+    return frozenset(LABELS) - MATCH_LABELS
 
 
 def gold_correct(gold_label: str, answer: str | None) -> bool:
