@@ -151,7 +151,7 @@ class _Matrix:
 
     def put(self, paths: Sequence[str], signatures: np.ndarray) -> None:
         """Insert or replace rows; ``signatures`` is int8 ``(len(paths), 648)``."""
-        rows = signatures.astype(np.float32)
+        live = self.size
         targets = np.empty(len(paths), dtype=np.intp)
         for i, path in enumerate(paths):
             slot = self.slots.get(path)
@@ -159,9 +159,14 @@ class _Matrix:
                 slot = self.slots[path] = len(self.paths)
                 self.paths.append(path)
             targets[i] = slot
-        self._reserve(len(self.paths))
-        self.vectors[targets] = rows
-        self.norms[targets] = sig.norms(rows)
+        self.reserve(self.size, live=live)
+        if self.size - live == len(paths):  # all new, so rows live..size in order: a slice
+            rows = self.vectors[live:self.size]
+            rows[...] = signatures
+            self.norms[live:self.size] = sig.norms(rows)
+        else:
+            self.vectors[targets] = signatures
+            self.norms[targets] = sig.norms(self.vectors[targets])
 
     def remove(self, path: str) -> None:
         """Drop the row of ``path`` if there is one (the last row moves into its slot)."""
@@ -177,17 +182,19 @@ class _Matrix:
             self.norms[slot] = self.norms[last]
         self.paths.pop()
 
-    def _reserve(self, size: int) -> None:
+    def reserve(self, size: int, live: int | None = None) -> None:
+        """Make room for ``size`` rows, keeping the first ``live`` (default: all live rows)."""
         capacity = self.vectors.shape[0]
         if size <= capacity:
             return
-        # Grow by half again so a stream of single adds copies the matrix rarely.
+        # Grow by half again so a stream of single adds copies the matrix rarely. Rows
+        # past the live ones are never read, so they need no zeroing.
         capacity = max(size, capacity + capacity // 2, 1024)
-        vectors = np.zeros((capacity, sig.SIGNATURE_LENGTH), dtype=np.float32)
-        norms = np.zeros(capacity, dtype=np.float64)
-        live = self.vectors.shape[0]
-        vectors[:live] = self.vectors
-        norms[:live] = self.norms
+        vectors = np.empty((capacity, sig.SIGNATURE_LENGTH), dtype=np.float32)
+        norms = np.empty(capacity, dtype=np.float64)
+        keep = self.size if live is None else live
+        vectors[:keep] = self.vectors[:keep]
+        norms[:keep] = self.norms[:keep]
         self.vectors, self.norms = vectors, norms
 
     def scan(self, queries: np.ndarray, cutoff: float) -> tuple[np.ndarray, np.ndarray]:
@@ -421,6 +428,8 @@ class LocalStore(SignatureStore):
         since = matrix.generation
         for (filepath,) in connection.execute("SELECT filepath FROM deletions WHERE seq > ?", (since,)):
             matrix.remove(filepath)
+        if since == 0:  # a first load: size the matrix once
+            matrix.reserve(connection.execute("SELECT count(*) FROM images").fetchone()[0])
         cursor = connection.execute("SELECT filepath, signature FROM images WHERE seq > ?", (since,))
         # In slices, so a first load of a million rows never holds them all as bytes.
         while rows := cursor.fetchmany(_LOAD_SLICE):

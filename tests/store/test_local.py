@@ -296,3 +296,27 @@ def test_threads_share_the_store(tmp_path: Path) -> None:
     # Each finished thread's connection was closed with it; only this thread's is left.
     gc.collect()
     assert len(store._state.connections) == 1
+
+
+def test_the_cache_follows_a_random_mix_of_writes(tmp_path: Path) -> None:
+    # Two instances share nothing in memory, as two processes would: `reader` only
+    # searches, `writer` adds, overwrites and deletes; after each round the reader's
+    # cache must hold exactly the database's rows.
+    reader, writer = open_local(tmp_path), open_local(tmp_path)
+    rng = np.random.default_rng(3)
+    for round_ in range(30):
+        names = [f"{i}.jpg" for i in rng.choice(60, int(rng.integers(1, 25)), replace=False)]
+        if round_ % 3 == 2:
+            for name in names:
+                writer.delete(name)
+        else:
+            writer.upsert_many(Record(name, random_signature(int(rng.integers(10**6)))) for name in names)
+        reader.search(random_signature(0))
+        matrix = reader._state.matrix
+        stored = {name: writer.get(name) for name in writer.list(0, 1000)}
+        assert sorted(matrix.paths) == sorted(stored)
+        for name, record in stored.items():
+            assert record is not None
+            slot = matrix.slots[name]
+            assert np.array_equal(matrix.vectors[slot], record.signature)
+            assert matrix.norms[slot] == pytest.approx(float(np.linalg.norm(record.signature)))
