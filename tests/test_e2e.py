@@ -14,21 +14,18 @@ import concurrent.futures
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
 from PIL import Image
 
 from tests.conftest import ImageServer
+from tests.servers import Server, free_port, wait_until_up
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKERS = 4
@@ -43,38 +40,6 @@ def resized_copy(data: bytes) -> bytes:
         buffer = io.BytesIO()
         small.save(buffer, "JPEG", quality=70)
         return buffer.getvalue()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Server:
-    """A running ``match serve``: its base URL and log."""
-
-    url: str
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    def post(self, path: str, **kwargs: Any) -> requests.Response:
-        # No session: every request is a new connection, so gunicorn spreads them over workers.
-        return requests.post(self.url + path, timeout=30, **kwargs)
-
-    def get(self, path: str, **kwargs: Any) -> requests.Response:
-        return requests.get(self.url + path, timeout=30, **kwargs)
-
-    def count(self) -> int:
-        response = self.get("/count")
-        assert response.status_code == 200, response.text
-        return int(response.json()["result"][0])
-
-    def search(self, data: bytes, **fields: Any) -> list[dict[str, Any]]:
-        response = self.post("/search", files={"image": ("q.jpg", data)}, data=fields)
-        assert response.status_code == 200, response.text
-        return list(response.json()["result"])
 
 
 @pytest.fixture(scope="module",
@@ -98,7 +63,7 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
             env=env, cwd=directory, stdout=output, stderr=subprocess.STDOUT)
     running = Server(f"http://127.0.0.1:{port}", process, log)
     try:
-        _wait_until_up(running)
+        wait_until_up(running)
         yield running
     finally:
         process.send_signal(signal.SIGTERM)  # graceful shutdown
@@ -113,20 +78,6 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
             drop_index(env["ELASTICSEARCH_URL"], index)
     assert code == 0, log.read_text(errors="replace")[-3000:]
     assert "POST /add" in log.read_text(errors="replace")  # the access log is on
-
-
-def _wait_until_up(server: Server, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            pytest.fail(f"match serve exited: {server.log.read_text(errors='replace')[-3000:]}")
-        try:
-            if requests.get(server.url + "/ping", timeout=2).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.1)
-    pytest.fail(f"match serve did not answer /ping: {server.log.read_text(errors='replace')[-3000:]}")
 
 
 @pytest.fixture(scope="module")
