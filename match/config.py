@@ -17,6 +17,7 @@ Only this module and :mod:`match.app` read ``os.environ``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -89,6 +90,32 @@ def _string_list(value: str | list[str]) -> list[str]:
     return [item.strip() for item in str(value).split(",") if item.strip()]
 
 
+def _money(value: str | float) -> str:
+    """US dollars with at most two decimals, e.g. ``0.05``; returned as that string."""
+    text = str(value).strip()
+    try:
+        amount = float(text)
+    except ValueError:
+        raise ValueError(f"expected an amount of US dollars like 0.05, got {value!r}") from None
+    if amount < 0 or not math.isfinite(amount) or round(amount, 2) != amount:
+        raise ValueError(f"expected an amount of US dollars >= 0 with at most 2 decimals, got {value!r}")
+    return f"{amount:.2f}"
+
+
+def _crowd_endpoint(value: str) -> str:
+    text = str(value).strip()
+    if text in ("sandbox", "production") or text.startswith(("http://", "https://")):
+        return text
+    raise ValueError(f"expected sandbox, production or an http(s) URL of an MTurk-compatible endpoint, got {value!r}")
+
+
+def _json_list(value: str | list[Any]) -> list[Any]:
+    data = json.loads(value) if isinstance(value, str) else value
+    if not isinstance(data, list):
+        raise ValueError("expected a JSON list")
+    return data
+
+
 @dataclass(frozen=True)
 class Setting:
     """One setting: its environment name, default, parser and a line of help."""
@@ -145,6 +172,47 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MATCH_FETCH_ALLOW_NETWORKS", [], "Comma-separated CIDRs `url` may resolve to beyond public "
             "addresses (e.g. `127.0.0.0/8,10.0.0.0/8`). Private, loopback, link-local and metadata "
             "addresses are refused otherwise.", _string_list),
+    # --- crowd (match.crowd: verification through the MTurk API) --------------------
+    Setting("MATCH_CROWD_ENDPOINT", "sandbox", "Crowd endpoint: `sandbox` (MTurk's requester sandbox, "
+            "the default: nothing is paid), `production` (MTurk), or the URL of match's crowd server "
+            "(`match crowd server`) or another MTurk-compatible endpoint. Credentials come from boto3's "
+            "usual chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile or a role).", _crowd_endpoint),
+    Setting("MATCH_CROWD_REWARD", "0.05", "Reward per assignment, US dollars.", _money),
+    Setting("MATCH_CROWD_BONUS", "0.02", "Bonus paid for a right answer to the gold pair, US dollars.", _money),
+    Setting("MATCH_CROWD_ASSIGNMENTS", 3, "Assignments a task starts with.", _positive_int),
+    Setting("MATCH_CROWD_MAX_ASSIGNMENTS", 9, "Most assignments a task may grow to; past 9 a follow-up "
+            "HIT is made (MTurk can't extend a HIT made with fewer than 10 to 10 or more).", _positive_int),
+    Setting("MATCH_CROWD_CONFIDENCE", 0.95, "Posterior probability of the same-or-not verdict at which a "
+            "task completes.", _unit_float),
+    Setting("MATCH_CROWD_MAX_SPREAD", 0.1, "A task with 3+ counted votes whose scores' standard deviation "
+            "is at most this also completes.", _unit_float),
+    Setting("MATCH_CROWD_LIFETIME", 3 * 24 * 3600, "Seconds a HIT stays available; a task still unsure "
+            "then fails with code Expired.", _positive_int),
+    Setting("MATCH_CROWD_ASSIGNMENT_DURATION", 600, "Seconds a worker has to answer once they accept.",
+            _positive_int),
+    Setting("MATCH_CROWD_AUTO_APPROVAL_DELAY", 3 * 24 * 3600, "Seconds after which MTurk approves an "
+            "assignment match did not review.", _non_negative_int),
+    Setting("MATCH_CROWD_QUALIFICATIONS", [], "QualificationRequirements of the HIT type, as a JSON list in "
+            "MTurk's shape (e.g. a minimum approval rate).", _json_list),
+    Setting("MATCH_CROWD_TITLE", "Are these the same picture?", "Title of the HIT type workers see."),
+    Setting("MATCH_CROWD_BUDGET", "10.00", "Most money (US dollars) the crowd may commit: rewards, bonuses and "
+            "MTurk's fees (20 %; 40 % on HITs of 10+ assignments). Past it: 402 BudgetExceeded, nothing created.",
+            _money),
+    Setting("MATCH_CROWD_BLOCK_BELOW", 0.5, "Workers whose exact agreement with gold answers is shown to be "
+            "below this (one-sided binomial test, 5 %) are blocked.", _unit_float),
+    Setting("MATCH_CROWD_BLOCK_MIN_GOLD", 8, "Gold answers needed before a worker can be blocked.", _positive_int),
+    Setting("MATCH_CROWD_REJECT_FAILED_GOLD", False, "Reject (unpaid) assignments whose gold answer is wrong; "
+            "by default they are approved, their vote is dropped and no bonus is paid.", parse_bool),
+    Setting("MATCH_CROWD_VERIFY_TOP", 3, "Top matches of a `verify=true` search sent to workers.", _positive_int),
+    Setting("MATCH_CROWD_PUBLIC_URL", "", "Base URL at which workers reach this match server, for the images "
+            "it keeps and serves (default: http://MATCH_HOST:MATCH_PORT)."),
+    Setting("MATCH_CROWD_MEDIA", "local", "Where images sent to workers are kept: `local` (MATCH_DATA_DIR, "
+            "served at signed expiring URLs) or `s3` (presigned URLs).", _choice("local", "s3")),
+    Setting("MATCH_CROWD_S3_BUCKET", "", "S3 bucket for MATCH_CROWD_MEDIA=s3."),
+    Setting("MATCH_CROWD_MEDIA_TTL", 4 * 24 * 3600, "Seconds an image URL stays valid beyond the HIT "
+            "lifetime.", _positive_int),
+    Setting("MATCH_CROWD_SECRET", "", "Secret signing image URLs; empty: a random one kept in "
+            "MATCH_DATA_DIR/crowd-secret."),
     # --- server ------------------------------------------------------------------
     Setting("MATCH_HOST", "127.0.0.1", "Address `match serve` binds."),
     Setting("MATCH_PORT", 8000, "Port `match serve` binds.", _positive_int),
@@ -152,6 +220,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MATCH_TIMEOUT", 60, "gunicorn worker timeout in seconds.", _positive_int),
     Setting("MATCH_LOG_LEVEL", "info", "Log level: debug, info, warning, error.",
             _choice("debug", "info", "warning", "error")),
+    # --- web UI (match/web, docs/web.md) ----------------------------------------
+    Setting("MATCH_UI", True, "Serve the web UI at `/ui/` (search, compare, browse, crowd dashboard); "
+            "`/` redirects there.", parse_bool),
+    Setting("MATCH_THUMBNAILS", True, "Keep a small JPEG thumbnail of every image added over HTTP, in "
+            "`MATCH_DATA_DIR/thumbs/` (about 10-20 KB each), for the UI; off: the UI shows the source "
+            "URL or a placeholder.", parse_bool),
+    Setting("MATCH_THUMBNAIL_SIZE", 256, "Longest side of a thumbnail, in pixels.", _positive_int),
+    Setting("MATCH_UI_SECRET", "", "Secret that signs the UI's CSRF tokens; empty: a random one kept in "
+            "`MATCH_DATA_DIR/ui-secret` (set it when several hosts serve the UI)."),
 )
 
 _BY_NAME = {setting.name: setting for setting in SETTINGS}
