@@ -103,6 +103,14 @@ def _in_mode(picture: Image.Image, mode: str) -> Image.Image:
 @pytest.mark.parametrize(("mode", "fmt"), MODES, ids=[f"{m}-{f}" for m, f in MODES])
 def test_every_mode_decodes_like_image_match(photo: Image.Image, mode: str, fmt: str) -> None:
     data = encode(_in_mode(photo, mode), fmt)
+    try:
+        Image.open(io.BytesIO(data)).convert("RGB")
+    except OSError:
+        # Some Pillow versions write files they cannot read back (Pillow 12: YCbCr
+        # TIFF); image-match fails on them too, and match says why.
+        with pytest.raises(InvalidImage):
+            image.load_rgb(data)
+        return
     if fmt not in ("JPEG", "WEBP", "GIF", "ICO"):  # the lossless containers keep the mode
         assert Image.open(io.BytesIO(data)).mode in (mode, "RGB" if mode == "YCbCr" else mode)
     rgb = assert_like_image_match(data)
