@@ -168,14 +168,27 @@ def add(store: SignatureStore, settings: Mapping[str, Any], *, filepath: str, da
     meta = parse_metadata(dict(metadata) if metadata is not None else None)
     record = make_record(filepath, sign(data, settings), meta)
     store.upsert(record)
+    if settings.get("MATCH_THUMBNAILS"):
+        # The web UI's thumbnail (docs/web.md); it never fails an add that was stored.
+        from match.web import thumbs
+
+        thumbs.save(settings, data, record.sha256)
     return record
 
 
-def delete(store: SignatureStore, filepath: str) -> None:
-    """Remove the record of ``filepath``; NotFound (404) if there is none."""
+def delete(store: SignatureStore, filepath: str, settings: Mapping[str, Any] | None = None) -> None:
+    """Remove the record of ``filepath``; NotFound (404) if there is none.
+
+    With ``settings``, its web UI thumbnail goes too (docs/web.md).
+    """
     filepath = check_filepath(filepath)
+    record = store.get(filepath) if settings is not None else None
     if not store.delete(filepath):
         raise NotFound(f"no image is stored under filepath {filepath!r}")
+    if record is not None and settings is not None:
+        from match.web import thumbs
+
+        thumbs.remove(settings, record.sha256 or record.metadata.get(SHA256_KEY))
 
 
 def search(store: SignatureStore, settings: Mapping[str, Any], data: bytes, *,
