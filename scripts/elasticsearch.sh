@@ -288,7 +288,7 @@ pid_of() { # node dir -> live ES pid, or nothing (cleans stale pidfiles)
             && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q org.elasticsearch; then
         echo "$pid"
     else
-        rm -f "$dir/es.pid"
+        rm -f "$dir/es.pid" 2>/dev/null || true
     fi
 }
 
@@ -424,7 +424,12 @@ cmd_start() {
     take_lock
     pid=$(pid_of "$dir")
     if [ -n "$pid" ]; then
-        log "Elasticsearch $(cat "$dir/es-version" 2>/dev/null) already running on 127.0.0.1:$ES_PORT (pid $pid)"
+        local running_version
+        running_version=$(cat "$dir/es-version" 2>/dev/null || echo "?")
+        log "Elasticsearch $running_version already running on 127.0.0.1:$ES_PORT (pid $pid)"
+        if [ "$running_version" != "$ES_VERSION" ]; then
+            log "note: ES_VERSION=$ES_VERSION was asked for; run '$0 restart' to switch"
+        fi
         wait_health "$ES_PORT" "" 60 >/dev/null || die "but it does not answer _cluster/health"
         return 0
     fi
