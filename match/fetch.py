@@ -6,10 +6,15 @@ fetch is the one place an attacker can make the server talk to *its own* network
 port on 127.0.0.1, Elasticsearch itself. The story of one fetch:
 
 1. **Parse.** Only ``http`` and ``https`` URLs with a host are accepted (else 400).
+   URLs with credentials (``user:pass@``) and invalid ports are refused too.
 2. **Resolve the host ourselves** with :func:`socket.getaddrinfo` (a DNS failure is a
    502) and **check the address**: private, loopback, link-local, multicast, reserved,
-   unspecified, shared (CGNAT) and cloud metadata addresses are refused (400) unless
-   they fall in ``MATCH_FETCH_ALLOW_NETWORKS``.
+   unspecified, shared (CGNAT), unique-local, site-local, Teredo and cloud metadata
+   addresses are refused (400) unless they fall in ``MATCH_FETCH_ALLOW_NETWORKS``.
+   IPv6 forms that embed an IPv4 address (mapped ``::ffff:a.b.c.d``, 6to4 ``2002::/16``,
+   NAT64 ``64:ff9b::/96``) are judged by the IPv4 address inside. Numeric host forms
+   (``2130706433``, ``0x7f.1``, ``017700000001``) resolve to the address they spell
+   and are checked like any other.
 3. **Connect to the address we checked**, not to the name: a urllib3 connection pool
    whose host is the IP, with the ``Host`` header set to the name and, for https, SNI
    (``server_hostname``) and certificate checking (``assert_hostname``) against the
@@ -33,7 +38,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urljoin
 
@@ -51,7 +56,7 @@ from urllib3.util import parse_url
 from match import __version__
 from match.errors import BadRequest, FetchError, FetchTimeout, PayloadTooLarge
 
-__all__ = ["Fetcher", "MAX_REDIRECTS", "DEADLINE_FACTOR", "parse_networks"]
+__all__ = ["Fetcher", "MAX_REDIRECTS", "DEADLINE_FACTOR", "Resolver", "parse_networks", "system_resolver"]
 
 #: Redirects followed before giving up (each hop is checked like the first URL).
 MAX_REDIRECTS = 5
@@ -84,12 +89,53 @@ def parse_networks(cidrs: Iterable[str]) -> tuple[IPNetwork, ...]:
     return tuple(networks)
 
 
+#: IPv6 ranges refused whatever Python's ``is_global`` says: deprecated site-local
+#: (fec0::/10), IPv4-compatible (::/96, deprecated), Teredo (2001::/32: tunnels to an
+#: address we can't see) and NAT64's local-use prefix (64:ff9b:1::/48).
+REFUSED_NETWORKS = tuple(ipaddress.ip_network(net) for net in (
+    "fec0::/10", "::/96", "2001::/32", "64:ff9b:1::/48"))
+
+#: Prefixes that carry an IPv4 address in their low bits: the embedded address must be
+#: public too, or http://[64:ff9b::7f00:1]/ would reach 127.0.0.1 through a NAT64 gateway.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address stands for (mapped, 6to4, NAT64), if any."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address in _NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
 def _is_public(address: IPAddress) -> bool:
-    """True for a globally routable unicast address that is not a metadata service."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    """True for a globally routable unicast address that is not a metadata service.
+
+    IPv6 forms that embed an IPv4 address (``::ffff:127.0.0.1``, 6to4 ``2002:7f00:1::``,
+    NAT64 ``64:ff9b::7f00:1``) are judged by the embedded address.
+    """
+    if isinstance(address, ipaddress.IPv6Address):
+        if address in METADATA_ADDRESSES or any(address in net for net in REFUSED_NETWORKS):
+            return False
+        embedded = _embedded_ipv4(address)
+        if embedded is not None:
+            return _is_public(embedded)
     return (address.is_global and not address.is_multicast and not address.is_reserved
             and address not in METADATA_ADDRESSES)
+
+
+#: ``resolver(host, port)`` -> the host's addresses as text (what getaddrinfo gives).
+Resolver = Callable[[str, int], Sequence[str]]
+
+
+def system_resolver(host: str, port: int) -> list[str]:
+    """The system's answer for ``host`` (getaddrinfo: DNS, /etc/hosts, and numeric
+    forms such as ``2130706433`` or ``0x7f.1``, which come back as dotted quads)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [str(sockaddr[0]) for _family, _type, _proto, _name, sockaddr in infos]
 
 
 @dataclass(frozen=True)
@@ -117,11 +163,14 @@ class Fetcher:
     """
 
     def __init__(self, *, timeout: float, max_bytes: int, allow_networks: Sequence[str] = (),
-                 ca_certs: str | None = None) -> None:
+                 ca_certs: str | None = None, resolver: Resolver | None = None) -> None:
         self.timeout = timeout
         self.max_bytes = max_bytes
         self.allow_networks = parse_networks(allow_networks)
         self.ca_certs = ca_certs
+        # The name -> addresses step, replaceable so tests can play a hostile DNS
+        # (rebinding, names for private addresses) without a network.
+        self.resolver: Resolver = resolver or system_resolver
 
     def fetch(self, url: str, *, field: str = "url") -> bytes:
         """Return the body at ``url``; ``field`` names the request field in errors.
@@ -152,24 +201,36 @@ class Fetcher:
             raise BadRequest(f"{field}: only http and https URLs can be fetched, got {url!r}")
         if not parsed.host:
             raise BadRequest(f"{field}: URL {url!r} has no host")
+        if parsed.auth is not None:
+            # user:password@ in a fetched URL is either a leak or a parser trick
+            # (http://public.example@127.0.0.1/): refused either way.
+            raise BadRequest(f"{field}: URLs with credentials (user@host) are not fetched")
         host = parsed.host.strip("[]").rstrip(".").lower()
-        port = parsed.port or (443 if scheme == "https" else 80)
+        port = parsed.port if parsed.port is not None else (443 if scheme == "https" else 80)
+        if not 0 < port < 65536:
+            raise BadRequest(f"{field}: port {port} is not a valid TCP port")
         address = self._resolve(host, port, field)
         return _Target(scheme, host, address, port, parsed.request_uri)
 
     def _resolve(self, host: str, port: int, field: str) -> str:
         try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except (socket.gaierror, UnicodeError) as exc:
+            answers = self.resolver(host, port)
+        except (OSError, UnicodeError, ValueError) as exc:
             raise FetchError(f"{field}: cannot resolve host {host!r}") from exc
         refused = []
-        for _family, _type, _proto, _name, sockaddr in infos:
-            text = str(sockaddr[0]).split("%", 1)[0]  # drop an IPv6 zone index
-            address = ipaddress.ip_address(text)
+        for answer in answers:
+            text = str(answer).split("%", 1)[0]  # drop an IPv6 zone index
+            try:
+                address = ipaddress.ip_address(text)
+            except ValueError:
+                refused.append(text)
+                continue
             if _is_public(address) or any(address in net for net in self.allow_networks
                                           if net.version == address.version):
                 return text
             refused.append(text)
+        if not refused:
+            raise FetchError(f"{field}: host {host!r} has no address")
         raise BadRequest(f"{field}: host {host!r} resolves to a non-public address "
                          f"({', '.join(sorted(set(refused)))}), which match does not fetch; "
                          "an operator may allow it with MATCH_FETCH_ALLOW_NETWORKS")
