@@ -24,6 +24,10 @@ Errors (all from :mod:`match.errors`; no Pillow exception or warning escapes)
         more than ``max_pixels`` pixels by the size in its header, checked before any
         pixel is decoded; also when Pillow's own decompression-bomb guard fires.
 
+    Pillow's warnings are caught with ``warnings.catch_warnings``, which is
+    process-global before Python 3.14: fine for match's sync workers and process pools,
+    racy if several threads decode at once.
+
 EXIF orientation
     Ignored by default, like image-match: a phone photo stored sideways with an
     orientation tag is signed sideways. ``exif_transpose=True`` applies the tag first

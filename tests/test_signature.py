@@ -70,6 +70,7 @@ def corpus(photo_paths: list[Path]) -> list[tuple[str, bytes, npt.NDArray[np.int
 # --- equivalence with image-match ----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_signatures_equal_image_match_on_real_photos(
         corpus: list[tuple[str, bytes, npt.NDArray[np.int8]]]) -> None:
     """On every photograph of the corpus: the same signature, through both inputs."""
@@ -261,6 +262,7 @@ def _median_ms(function: Callable[[], object], runs: int) -> float:
     return statistics.median(times) * 1000
 
 
+@pytest.mark.slow
 def test_faster_than_image_match(photo_paths: list[Path]) -> None:
     """At least 3x image-match's generate_signature on the same 1600x1200 JPEG bytes
     (bench/signature_speed.py reports the figures). Interleaved runs, median ratio, so
