@@ -119,6 +119,15 @@ take_lock() {
 # ------------------------------------------------------------------ distribution
 es_major() { echo "${ES_VERSION%%.*}"; }
 
+# Central has no checksum files for the 9.x zips (mvn only warns), so the ones this
+# script was verified with are pinned here.
+known_sha256() {
+    case "$1" in
+        9.5.4) echo d9b0c28e08e499f6510b52ad66ec4bf9cdceab97cc28b3456989b8744b896934 ;;
+        8.19.21) echo 215d5f3dbf0609a149f6218a9e47b6ae2df34ebbff3c5754e35f15a5e5393c8a ;;
+    esac
+}
+
 fetch_zip() {
     local dist_dir=$ES_CACHE_DIR/dist
     ZIP=$dist_dir/elasticsearch-$ES_VERSION.zip
@@ -132,21 +141,29 @@ fetch_zip() {
     local artifact=$ARTIFACT_PREFIX:$ES_VERSION:zip
     log "Fetching Elasticsearch $ES_VERSION from Maven Central: $artifact"
     local t0=$SECONDS
-    if ! mvn -B -q "$DEPENDENCY_PLUGIN:copy" -Dartifact="$artifact" \
-            -DoutputDirectory="$tmp" -Dmdep.overWriteReleases=true </dev/null >"$tmp/mvn.log" 2>&1; then
+    # From $tmp: a pom.xml in the caller's directory must not become mvn's project.
+    if ! (cd "$tmp" && mvn -B -q "$DEPENDENCY_PLUGIN:copy" -Dartifact="$artifact" \
+            -DoutputDirectory="$tmp" -Dmdep.overWriteReleases=true </dev/null >"$tmp/mvn.log" 2>&1); then
         cat "$tmp/mvn.log" >&2
         rm -rf "$tmp"
         die "mvn could not fetch $artifact from Maven Central (is ES_VERSION=$ES_VERSION published there?)"
     fi
+    local sum want
+    sum=$(sha256sum "$tmp/elasticsearch-$ES_VERSION.zip" | cut -d' ' -f1)
+    want=$(known_sha256 "$ES_VERSION")
+    if [ -n "$want" ] && [ "$sum" != "$want" ]; then
+        rm -rf "$tmp"
+        die "elasticsearch-$ES_VERSION.zip from Maven Central has sha256 $sum, expected $want"
+    fi
     mv "$tmp/elasticsearch-$ES_VERSION.zip" "$ZIP"
     rm -rf "$tmp"
     log "Fetched Elasticsearch $ES_VERSION from Maven Central in $((SECONDS - t0)) s:" \
-        "$ZIP ($(du -h "$ZIP" | cut -f1))"
+        "$ZIP ($(du -h "$ZIP" | cut -f1), sha256 $sum${want:+, as pinned})"
 }
 
 unpack() {
     if [ -x "$ES_HOME/bin/elasticsearch" ]; then
-        log "Elasticsearch $ES_VERSION: using unpacked tree $ES_HOME"
+        log "Elasticsearch $ES_VERSION (integ-test zip from Maven Central, cached): using $ES_HOME"
         return
     fi
     fetch_zip
