@@ -167,6 +167,17 @@ def test_generate_all_rows_are_signatures_of_transposed_copies(photo_paths: list
         assert np.array_equal(signature.generate_all(image.rgb_to_grey(np.asarray(photo))), rows)
 
 
+def test_any_view_signs_like_its_contiguous_copy(photo_paths: list[Path]) -> None:
+    """Strided, reversed, transposed and Fortran-ordered inputs, RGB and grey."""
+    rgb = np.asarray(Image.open(photo_paths[2]).convert("RGB").resize((700, 500)))
+    grey = image.rgb_to_grey(rgb)
+    views = [rgb[::2, ::3], rgb[::-1, 5:], rgb[:, ::-2], rgb.swapaxes(0, 1)[::-1],
+             np.asfortranarray(rgb), grey.T, grey[::-1, ::-1], np.asfortranarray(grey)[3:, 7:]]
+    for view in views:
+        assert np.array_equal(signature.generate(view),
+                              signature.generate(np.ascontiguousarray(view)))
+
+
 def test_generate_all_row_0_is_generate(corpus: list[tuple[str, bytes, npt.NDArray[np.int8]]]) -> None:
     _name, data, expected = corpus[0]
     assert np.array_equal(signature.generate_all(image.load_rgb(data))[0], expected)
