@@ -86,7 +86,7 @@ class MediaStore:
         self.clock = clock
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> MediaStore:
+    def from_config(cls, config: Mapping[str, Any], *, clock: Any = time.time) -> MediaStore:
         """Build from settings (``MATCH_CROWD_MEDIA``, ``MATCH_CROWD_PUBLIC_URL`` ...)."""
         backend = str(config.get("MATCH_CROWD_MEDIA", "local"))
         s3 = None
@@ -106,6 +106,7 @@ class MediaStore:
             public,
             backend=backend,
             s3=s3,
+            clock=clock,
         )
 
     def _sign(self, text: str) -> str:

@@ -206,7 +206,7 @@ class CrowdService:
         self.clock = clock
         self.state = state or CrowdState(config["MATCH_DATA_DIR"], clock=clock)
         self._turk = turk
-        self.media = media or MediaStore.from_config(config)
+        self.media = media or MediaStore.from_config(config, clock=clock)
         self._fetch = fetch
         self._compare = compare
         self._lock = threading.RLock()
