@@ -426,15 +426,17 @@ class CrowdService:
         return made
 
     def _clearly_different(self, a: bytes, b: bytes) -> bool:
-        """Signature distance well above the match cutoff (0.7 or more)."""
+        """Signature distance well above the match cutoff: at least MATCH_CUTOFF + 0.15
+        (0.6 by default; unrelated photographs measure about 0.6 to 0.7)."""
         if hashlib.sha256(a).digest() == hashlib.sha256(b).digest():
             return False
+        floor = min(0.95, float(self.config.get("MATCH_CUTOFF", 0.45)) + 0.15)
         try:
             if self._compare is not None:
-                return self._compare(a, b) >= 0.7
+                return self._compare(a, b) >= floor
             from match import service as match_service
 
-            return match_service.compare(self.config, a, b).distance >= 0.7
+            return match_service.compare(self.config, a, b).distance >= floor
         except MatchError:
             return False
 
