@@ -2,12 +2,15 @@
 
     match crowd server --port 8001 [--data-dir DIR] [--simulate "workers=20,accuracy=0.7"]
     match crowd put NAME URL1 URL2 [--test]     create a task (like PUT on the Tasks API)
+    match crowd batch PAIRS.csv [--truth FILE]  one task per row, all or none (budget)
     match crowd get NAME                        the task, synced
     match crowd sync [--loop SECONDS]           collect, review, pay, decide, extend, clean up
     match crowd gold add URL1 URL2 LABEL        a known-answer pair
     match crowd gold generate IMAGE...          generated gold (transformed copies, different images)
     match crowd report [--html FILE] [--png FILE] [--json]
-    match crowd calibrate [--json]              the cutoff the crowd's verdicts support
+    match crowd calibrate [--json] [--measure]  the cutoff the crowd's verdicts support
+    match crowd simulate [--simulate SPEC] [--pairs N | --pairs-csv FILE]
+                                                the whole loop offline, with simulated workers
 
 The commands build the same :class:`~match.crowd.service.CrowdService` the HTTP API
 uses, from the same settings, so both run the same code. Exit codes follow the main
@@ -229,3 +232,139 @@ def calibrate(as_json: bool, measure: bool) -> None:
                f"({result['accuracy']:.1%} right, balanced {result['balanced_accuracy']:.1%})\n"
                f"logistic P(same | distance) = 0.5 at distance {logistic.get('cutoff')}\n"
                f"set MATCH_CUTOFF={result['cutoff']} to follow the crowd")
+
+
+def _read_pairs(path: str) -> list[tuple[str, str, str, str | None]]:
+    """CSV rows ``name,url1,url2[,label]`` (a header row starting with ``name`` is skipped)."""
+    import csv
+
+    rows: list[tuple[str, str, str, str | None]] = []
+    with open(path, newline="", encoding="utf-8") as handle:
+        for record in csv.reader(handle):
+            if not record or record[0].strip().lower() == "name":
+                continue
+            if len(record) < 3:
+                raise click.UsageError(f"{path}: each row needs name,url1,url2[,label]; got {record}")
+            label = record[3].strip() if len(record) > 3 and record[3].strip() else None
+            rows.append((record[0].strip(), record[1].strip(), record[2].strip(), label))
+    return rows
+
+
+@crowd.command("batch")
+@click.argument("pairs_csv", type=click.Path(exists=True, dir_okay=False))
+@click.option("--truth", "truth_path", type=click.Path(dir_okay=False),
+              help="Write the labels (and the gold set) as a truth file for `match crowd server --simulate "
+                   "...,truth=FILE`.")
+def batch(pairs_csv: str, truth_path: str | None) -> None:
+    """Create one task per CSV row (name,url1,url2[,label]): all of them or, over budget, none."""
+    from match.crowd import tasks as T
+
+    service = _service()
+    rows = _read_pairs(pairs_csv)
+    for _name, url1, url2, _label in rows:
+        service_body = {"input": {"image1": {"url": url1}, "image2": {"url": url2}}}
+        from match.crowd.service import _check_input
+
+        _run(lambda body=service_body: _check_input(body))
+    fresh = [(n, a, b, None, None) for n, a, b, _l in rows if service.state.task("image-similarity", n) is None]
+    created = _run(lambda: service._create_tasks(fresh))
+    click.echo(f"{len(created)} task(s) created, {len(rows) - len(fresh)} already there")
+    if truth_path:
+        truth = {T.pair_id("p", a, b): label for _n, a, b, label in rows if label}
+        truth.update({g["gold_id"]: g["label"] for g in service.state.gold()})
+        Path(truth_path).write_text(json.dumps(truth, indent=1), encoding="utf-8")
+        click.echo(f"wrote {truth_path} ({len(truth)} pairs)", err=True)
+
+
+@crowd.command("simulate")
+@click.option("--simulate", "spec", default="workers=25,accuracy=0.7,spammers=0.2,latency=0",
+              show_default=True, help="Simulated workers (see docs/crowd-server.md).")
+@click.option("--pairs", "n_pairs", default=200, show_default=True, help="How many labelled pairs to make up.")
+@click.option("--pairs-csv", type=click.Path(exists=True, dir_okay=False),
+              help="Your labelled pairs instead: name,url1,url2,label.")
+@click.option("--gold", "n_gold", default=24, show_default=True, help="Gold pairs to make up.")
+@click.option("--seed", default=11, show_default=True)
+def simulate(spec: str, n_pairs: int, pairs_csv: str | None, n_gold: int, seed: int) -> None:
+    """A dry run of the whole loop, offline: a crowd server on loopback with simulated
+    workers, the tasks, syncs until done; prints accuracy, assignments, spammers, cost.
+
+    Uses the current MATCH_CROWD_* settings (confidence, maximum, blocking...), but its own
+    temporary data directories and endpoint.
+    """
+    import os
+    import random
+    import tempfile
+
+    from werkzeug.serving import WSGIRequestHandler, make_server
+
+    from match import config as match_config
+    from match.crowd import tasks as T
+    from match.crowd.server import create_crowd_app, crowd_store
+    from match.crowd.service import CrowdService
+    from match.crowd.workers import SimulatedCrowd, SimulationSettings
+
+    class Quiet(WSGIRequestHandler):
+        def log_request(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+    settings = SimulationSettings.parse(spec)
+    rng = random.Random(seed)
+    if pairs_csv:
+        rows = [(n, a, b, label) for n, a, b, label in _read_pairs(pairs_csv) if label]
+    else:
+        rows = [(f"pair-{i}", f"http://images.invalid/q/{i}.jpg", f"http://images.invalid/m/{i}.jpg",
+                 rng.choice(T.LABELS)) for i in range(n_pairs)]
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        os.environ.setdefault(key, "match-dry-run")  # the crowd server accepts any credentials
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    with tempfile.TemporaryDirectory(prefix="match-crowd-dry-run-") as root:
+        app = create_crowd_app(Path(root) / "server")
+        store = crowd_store(app)
+        httpd = make_server("127.0.0.1", 0, app, threaded=True, request_handler=Quiet)
+        thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+        thread.start()
+        overrides = {"MATCH_DATA_DIR": str(Path(root) / "match"),
+                     "MATCH_CROWD_ENDPOINT": f"http://127.0.0.1:{httpd.server_port}/",
+                     "MATCH_CROWD_BUDGET": "100000.00"}
+        service = CrowdService(match_config.load(overrides))
+        truth = {T.pair_id("p", a, b): label for _n, a, b, label in rows}
+        for i in range(n_gold):
+            gid = service.add_gold(f"http://images.invalid/gold/{i}a.jpg", f"http://images.invalid/gold/{i}b.jpg",
+                                   "edited" if i % 2 else "different")
+            truth[gid] = "edited" if i % 2 else "different"
+        sim = SimulatedCrowd(store, settings, oracle=lambda key, _html: truth.get(key))
+        started = time.time()
+        service._create_tasks([(n, a, b, None, None) for n, a, b, _l in rows])
+        for _ in range(500):
+            sim.run_until_idle()
+            if settings.latency:
+                time.sleep(min(settings.latency, 1.0))
+            service.sync()
+            if not service.state.tasks(state="processing", limit=1) and not service.state.hits(
+                    states=["open", "expiring", "intent"]):
+                break
+        right = answers = completed = 0
+        for name, _a, _b, label in rows:
+            row = service.state.task("image-similarity", name)
+            assert row is not None
+            answers += len(service.state.assignments(task_id=row["id"]))
+            if row["state"] == "completed":
+                completed += 1
+                right += bool(row["result"]["match"]) == T.is_match(str(label))
+        spammers = {w.worker_id for w in sim.workers if w.spammer}
+        blocked = {w["worker_id"] for w in service.state.workers() if w["blocked"]}
+        figures = {
+            "pairs": len(rows), "completed": completed,
+            "accuracy": round(right / max(1, completed), 4),
+            "assignments_per_pair": round(answers / max(1, len(rows)), 2),
+            "spammers": len(spammers), "spammers_blocked": len(spammers & blocked),
+            "honest_blocked": len(blocked - spammers),
+            "cost": T.dollars(service.state.spent()),
+            "cost_per_pair": T.dollars(round(service.state.spent() / max(1, len(rows)))),
+            "seconds": round(time.time() - started, 1),
+        }
+        _echo_json(figures)
+        httpd.shutdown()
+        httpd.server_close()
+        service.close()
+        store.close()
