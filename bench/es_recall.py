@@ -14,12 +14,15 @@ What it does:
 2. Ground truth: for ``--queries`` sampled images, an exhaustive scan
    (``match.signature.distances`` against every image) lists the other images within
    the cutoff.
-3. Indexes every image with :class:`ElasticsearchStore` and counts which of those
-   pairs a search retrieves: with words alone, and with words + kNN.
-4. Compares the word fields as ``keyword`` vs ``integer`` (bytes, word-query latency)
-   and the kNN structure ``hnsw`` vs ``flat`` (kNN recall against exact, latency), and
-   reports bytes per image (``_stats`` store size / docs, after a force merge, and the
-   per-field split of ``_disk_usage``).
+3. Indexes every image with :class:`ElasticsearchStore` into three indices
+   (:data:`VARIANTS`: match's own, hnsw + keyword words; ``flat`` kNN; ``integer``
+   words) and counts which of those pairs a search retrieves, with words alone and
+   with words + kNN (one orientation per query: the ground truth has one too).
+4. Times ``search`` with 8 query signatures (the 8 orientations of an upload: one
+   ``_msearch``), interleaved across the indices so machine load hits all alike;
+   compares kNN alone, ``hnsw`` vs ``flat``, against the exact l2 neighbours; and
+   reports bytes per image (``_stats`` store size / docs, after a force merge, with
+   the per-field split of ``_disk_usage``).
 
 The indices it creates are named ``match-bench-*`` and deleted at the end.
 """
@@ -33,15 +36,14 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from elasticsearch import Elasticsearch, helpers
+from elasticsearch import Elasticsearch
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
 from match import signature as sig
 from match.store.base import Record
-from match.store.elasticsearch import WORD_FIELDS, ElasticsearchStore, index_body
+from match.store.elasticsearch import ElasticsearchStore, index_body
 
 #: Long side of the photos before editing: signatures are computed on a grey image
 #: of the whole picture, so this only makes the bench faster.
@@ -182,47 +184,6 @@ def bytes_per_image(client: Elasticsearch, index: str) -> tuple[float, dict[str,
     return per_doc, fields
 
 
-def word_index_variant(client: Elasticsearch, source: str, target: str, word_type: str) -> None:
-    """Copy ``source``'s documents into ``target`` whose 63 words are ``word_type`` fields."""
-    body = index_body(replicas=0)
-    for name in WORD_FIELDS:
-        body["mappings"]["properties"][name] = {"type": word_type, "doc_values": False}
-    # _source excludes the words, so the copy recomputes them from the signature.
-    client.indices.create(index=target, **body)
-    actions = ({"_index": target, "_id": hit["_id"], "_source": _with_words(hit["_source"])}
-               for hit in helpers.scan(client, index=source, _source_includes=["*"]))
-    helpers.bulk(client, actions, chunk_size=500)
-    client.indices.refresh(index=target)
-
-
-def _with_words(source: dict[str, Any]) -> dict[str, Any]:
-    import base64
-
-    signature = np.frombuffer(base64.b64decode(source["signature"]), dtype=np.int8)
-    words = sig.words(signature)
-    return {**source, "vector": signature.tolist(),
-            **{name: int(word) for name, word in zip(WORD_FIELDS, words, strict=True)}}
-
-
-def word_query_latency(client: Elasticsearch, index: str, signatures: np.ndarray,
-                       queries: np.ndarray) -> list[float]:
-    """Latency of 8-search word-only _msearch calls (ms), as one orientation set each."""
-    latencies = []
-    for start in range(0, len(queries) - 7, 8):
-        searches: list[dict[str, Any]] = []
-        for q in queries[start:start + 8]:
-            words = sig.words(signatures[q])
-            searches += [{"index": index}, {
-                "size": 100, "_source": ["filepath", "signature"], "track_total_hits": False,
-                "query": {"bool": {"should": [{"term": {name: int(word)}} for name, word in
-                                              zip(WORD_FIELDS, words, strict=True)],
-                                   "minimum_should_match": 1}}}]
-        started = time.perf_counter()
-        client.msearch(searches=searches)
-        latencies.append((time.perf_counter() - started) * 1000)
-    return latencies
-
-
 def knn_quality(client: Elasticsearch, index: str, signatures: np.ndarray, queries: np.ndarray,
                 k: int, num_candidates: int) -> tuple[float, list[float]]:
     """(recall@k of kNN against the exact l2 top k, latencies in ms)."""
@@ -246,13 +207,20 @@ def knn_quality(client: Elasticsearch, index: str, signatures: np.ndarray, queri
     return hits / total, latencies
 
 
+#: The indices compared: name -> index_body options.
+VARIANTS: dict[str, dict[str, str]] = {
+    "hnsw": {"vector_index": "hnsw", "word_type": "keyword"},  # what match creates
+    "flat": {"vector_index": "flat", "word_type": "keyword"},
+    "integer-words": {"vector_index": "hnsw", "word_type": "integer"},
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default="http://127.0.0.1:9200")
     parser.add_argument("--images", type=int, default=10_000)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--candidates", type=int, default=100)
-    parser.add_argument("--num-candidates", type=int, default=200)
     parser.add_argument("--cutoff", type=float, default=sig.DEFAULT_CUTOFF)
     parser.add_argument("--cache", type=Path, default=None, help="a .npy file keeping the signatures")
     args = parser.parse_args()
@@ -269,48 +237,53 @@ def main() -> None:
     print(f"exhaustive scan: {pairs} pairs within {args.cutoff} for {len(queries)} queries "
           f"({pairs / len(queries):.1f} per query)")
 
-    client = Elasticsearch(args.url, request_timeout=120)
-    stores = {}
+    client = Elasticsearch(args.url, request_timeout=300)
+    stores: dict[str, ElasticsearchStore] = {}
     try:
-        for vector_index in ("hnsw", "flat"):
-            index = f"match-bench-{vector_index}"
+        for variant, options in VARIANTS.items():
+            index = f"match-bench-{variant}"
             client.indices.delete(index=index, ignore_unavailable=True)
-            store = ElasticsearchStore([args.url], index=index, replicas=0, vector_index=vector_index,
-                                       candidates=args.candidates, num_candidates=args.num_candidates,
-                                       timeout=60)
+            client.indices.create(index=index, **index_body(replicas=0, **options))
+            store = ElasticsearchStore([args.url], index=index, candidates=args.candidates,
+                                       num_candidates=2 * args.candidates, timeout=120)
             started = time.perf_counter()
             store.upsert_many(Record(_name(i), s) for i, s in enumerate(signatures))
-            print(f"[{vector_index}] bulk upsert of {len(signatures)} records: "
-                  f"{time.perf_counter() - started:.1f} s")
-            stores[vector_index] = store
-        for vector_index, store in stores.items():
+            elapsed = time.perf_counter() - started
+            print(f"[{variant}] bulk upsert of {len(signatures)} records: {elapsed:.1f} s")
+            stores[variant] = store
+        for variant, store in stores.items():
             for knn in (False, True):
                 store.knn = knn
-                share, total, latencies = recall(store, signatures, queries, truth, args.cutoff)
+                share, total, _ = recall(store, signatures, queries, truth, args.cutoff)
                 label = "words + kNN" if knn else "words alone"
-                print(f"[{vector_index}] recall {label}: {share:.4%} of {total} pairs; "
-                      f"search {_ms(latencies)}")
-            store.knn = True
-        for vector_index in stores:
-            share, latencies = knn_quality(client, f"match-bench-{vector_index}", signatures, queries[:200],
-                                           args.candidates, args.num_candidates)
-            print(f"[{vector_index}] kNN recall@{args.candidates} vs exact l2: {share:.4%}; {_ms(latencies)}")
-        word_index_variant(client, "match-bench-hnsw", "match-bench-integer", "integer")
-        word_index_variant(client, "match-bench-hnsw", "match-bench-keyword", "keyword")
-        for variant in ("keyword", "integer"):
-            index = f"match-bench-{variant}"
-            per_doc, fields = bytes_per_image(client, index)
-            words = sum(size for name, size in fields.items() if name.startswith("word_"))
-            latencies = word_query_latency(client, index, signatures, queries)
-            print(f"[words as {variant}] {per_doc:.0f} bytes/image in all, "
-                  f"words {words / len(signatures):.0f} "
-                  f"bytes/image; 8-orientation word msearch {_ms(latencies)}")
-        per_doc, fields = bytes_per_image(client, "match-bench-hnsw")
-        print(f"[store index, hnsw] {per_doc:.0f} bytes/image (_stats store size / docs, force-merged)")
-        split = {name: size for name, size in fields.items() if not name.startswith("word_")}
-        split["word_0..62"] = sum(size for name, size in fields.items() if name.startswith("word_"))
-        for name, size in sorted(split.items(), key=lambda item: -item[1]):
-            print(f"    {name:<12} {size / len(signatures):8.0f} bytes/image")
+                print(f"[{variant}] candidate recall, {label}: {share:.4%} of {total} pairs")
+        # Latencies interleaved across the variants, so load on the machine hits all alike.
+        latencies: dict[str, dict[bool, list[float]]] = {v: {False: [], True: []} for v in stores}
+        for start in range(0, len(queries) - 7, 8):
+            batch = signatures[queries[start:start + 8]]
+            for variant, store in stores.items():
+                for knn in (False, True):
+                    store.knn = knn
+                    began = time.perf_counter()
+                    store.search(batch, size=10)
+                    latencies[variant][knn].append((time.perf_counter() - began) * 1000)
+        for variant in stores:
+            for knn in (False, True):
+                label = "words + kNN" if knn else "words alone"
+                print(f"[{variant}] search of 8 orientations ({label}): {_ms(latencies[variant][knn])}")
+        for variant in ("hnsw", "flat"):
+            share, knn_latencies = knn_quality(client, f"match-bench-{variant}", signatures, queries[:200],
+                                               args.candidates, 2 * args.candidates)
+            print(f"[{variant}] kNN alone: recall@{args.candidates} vs exact l2 {share:.4%}; "
+                  f"{_ms(knn_latencies)}")
+        for variant in stores:
+            per_doc, fields = bytes_per_image(client, f"match-bench-{variant}")
+            split = {name: size for name, size in fields.items() if not name.startswith("word_")}
+            split["word_0..62"] = sum(size for name, size in fields.items() if name.startswith("word_"))
+            shown = ", ".join(f"{name} {size / len(signatures):.0f}"
+                              for name, size in sorted(split.items(), key=lambda item: -item[1])
+                              if size / len(signatures) >= 1)
+            print(f"[{variant}] {per_doc:.0f} bytes/image (_stats store / docs, force-merged): {shown}")
     finally:
         for store in stores.values():
             store.close()

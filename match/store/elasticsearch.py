@@ -105,13 +105,14 @@ def document_id(filepath: str) -> str:
 
 
 def index_body(*, shards: int = 1, replicas: int = 1, vector_index: str = "hnsw",
-               refresh_interval: str = "1s") -> dict[str, Any]:
+               word_type: str = "keyword", refresh_interval: str = "1s") -> dict[str, Any]:
     """Settings and mappings of a new index (see the module docstring).
 
     ``vector_index`` is the kNN structure of ``vector``: ``hnsw`` (approximate, scales)
-    or ``flat`` (exact brute force over every vector).
+    or ``flat`` (exact brute force over every vector). ``word_type`` is ``keyword`` (what
+    match creates) or ``integer`` (also accepted; bench/es_recall.py compares them).
     """
-    words = {name: {"type": "keyword", "doc_values": False} for name in WORD_FIELDS}
+    words = {name: {"type": word_type, "doc_values": False} for name in WORD_FIELDS}
     return {
         "settings": {
             "number_of_shards": shards,
@@ -142,15 +143,16 @@ def index_body(*, shards: int = 1, replicas: int = 1, vector_index: str = "hnsw"
     }
 
 
-#: What an existing index must map, field -> {attribute: value}, for this store to
-#: read and write it (a subset of index_body's mapping: options that don't change
-#: the data, like doc_values or the kNN structure, may differ).
+#: What an existing index must map, field -> {attribute: value or tuple of accepted
+#: values}, for this store to read and write it (a subset of index_body's mapping:
+#: options that don't change the data, like doc_values or the kNN structure, may differ;
+#: term queries on the words work on keyword and numeric fields alike).
 _REQUIRED_FIELDS: dict[str, dict[str, Any]] = {
     "filepath": {"type": "keyword"},
     "signature": {"type": "binary"},
     "vector": {"type": "dense_vector", "element_type": "byte", "dims": sig.SIGNATURE_LENGTH,
                "similarity": "l2_norm"},
-    **{name: {"type": "keyword"} for name in WORD_FIELDS},
+    **{name: {"type": ("keyword", "integer", "long")} for name in WORD_FIELDS},
     "metadata": {"enabled": False},
     "sha256": {"type": "keyword"},
     "added_at": {"type": "date"},
@@ -171,8 +173,10 @@ def _mapping_problems(mapping: Mapping[str, Any]) -> list[str]:
             found = field.get(attribute, "object" if attribute == "type" else None)
             if attribute == "element_type" and found is None:
                 found = "float"
-            if found != expected:
-                problems.append(f"field {name!r} has {attribute} {found!r}, expected {expected!r}")
+            accepted = expected if isinstance(expected, tuple) else (expected,)
+            if found not in accepted:
+                wanted = " or ".join(repr(value) for value in accepted)
+                problems.append(f"field {name!r} has {attribute} {found!r}, expected {wanted}")
     return problems
 
 
@@ -274,6 +278,12 @@ class ElasticsearchStore(SignatureStore):
                 self._ready = False
                 raise StoreUnavailable(f"Elasticsearch index {self.index!r} is missing while "
                                        f"trying to {action}; it is recreated on the next request") from exc
+            if _error_type(exc) == "media_type_header_exception":
+                raise StoreError(
+                    f"Elasticsearch at {self._where()} refused the API version of the Python client "
+                    f"elasticsearch {elasticsearch.__versionstr__}: pair client and server majors "
+                    f"(pip install 'elasticsearch>=8,<9' for an 8.x cluster; see docs/elasticsearch.md): "
+                    f"{exc.message}") from exc
             if exc.meta.status in (429, 502, 503, 504):
                 raise StoreUnavailable(f"Elasticsearch at {self._where()} could not {action}: "
                                        f"{exc.meta.status} {exc.message}") from exc

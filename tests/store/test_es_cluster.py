@@ -37,6 +37,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.elasticsearch]
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "elasticsearch.sh"
 PORTS = (9201, 9202, 9203)
+WRITERS = 8
 
 
 def script(*args: str, timeout: float = 600) -> None:
@@ -50,12 +51,15 @@ def get_json(url: str) -> object:
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[list[str]]:
-    """URLs of a 3-node cluster started for this session (stopped afterwards)."""
+    """URLs of the 3-node cluster, started for this session and stopped afterwards
+    (left running if it already was: someone else is using it)."""
+    status = subprocess.run([str(SCRIPT), "status", "--nodes", "3"], capture_output=True, timeout=60)
     script("start", "--nodes", "3")
     try:
         yield [f"http://127.0.0.1:{port}" for port in PORTS]
     finally:
-        script("stop", "--nodes", "3")
+        if status.returncode != 0:
+            script("stop", "--nodes", "3")
 
 
 def primary_node(url: str, index: str) -> int:
@@ -86,8 +90,9 @@ def test_losing_a_node_loses_no_acknowledged_add(cluster: list[str], tmp_path: P
     stopped = threading.Event()
     done = threading.Event()
 
-    def add() -> None:
-        i = 0
+    def add(writer: int) -> None:
+        # Each add waits for a refresh (wait_for, ~1 s): several writers keep it busy.
+        i = writer
         while not done.is_set():
             filepath = f"acked/{i:06d}.jpg"
             try:
@@ -98,7 +103,7 @@ def test_losing_a_node_loses_no_acknowledged_add(cluster: list[str], tmp_path: P
             except BaseException as exc:  # noqa: BLE001 - asserted empty below
                 unexpected.append(exc)
                 return
-            i += 1
+            i += WRITERS
 
     def search() -> None:
         while not done.is_set():
@@ -118,7 +123,8 @@ def test_losing_a_node_loses_no_acknowledged_add(cluster: list[str], tmp_path: P
                 unexpected.append(exc)
                 return
 
-    threads = [threading.Thread(target=add), threading.Thread(target=search)]
+    threads = [threading.Thread(target=add, args=(writer,)) for writer in range(WRITERS)]
+    threads.append(threading.Thread(target=search))
     for thread in threads:
         thread.start()
     try:
@@ -131,6 +137,9 @@ def test_losing_a_node_loses_no_acknowledged_add(cluster: list[str], tmp_path: P
         done.set()
         for thread in threads:
             thread.join(timeout=60)
+        if stopped.is_set():
+            restart = threading.Thread(target=script, args=("node-start", str(victim)))
+            restart.start()
     survivors = [url for url, port in zip(cluster, PORTS, strict=True) if port != PORTS[victim - 1]]
     print(f"stopped node-{victim} after {before} adds; {len(acknowledged)} acknowledged, "
           f"{len(refused)} refused; searches {searches}")
@@ -146,4 +155,6 @@ def test_losing_a_node_loses_no_acknowledged_add(cluster: list[str], tmp_path: P
     assert missing == []
     assert primary_node(survivors[0], index) != victim
     store.close()
-    script("node-start", str(victim))
+    restart.join()
+    drop = urllib.request.Request(f"{survivors[0]}/{index}", method="DELETE")
+    urllib.request.urlopen(drop, timeout=60).close()
