@@ -80,6 +80,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     app.register_blueprint(blueprint)
     register_error_handlers(app)
+
+    # --- web UI (match/web, docs/web.md): HTML pages at /ui/, "/" redirects there ---
+    if settings["MATCH_UI"]:
+        from match.web import bp as web_blueprint
+
+        app.register_blueprint(web_blueprint)
+    # --- end web UI ---
     return app
 
 
