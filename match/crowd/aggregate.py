@@ -237,7 +237,7 @@ class DawidSkene:
             # M-step: priors and confusion matrices [worker, true, answered].
             priors = post.mean(axis=0)
             conf = np.full((n_w, k, k), self.smoothing)
-            np.add.at(conf, (wi, slice(None), li), post[ti])
+            np.add.at(conf, (wi, slice(None), li), post[ti])  # type: ignore[arg-type]
             conf /= conf.sum(axis=2, keepdims=True)
             # E-step: log posterior of each task's true label.
             log_post = np.tile(np.log(np.maximum(priors, 1e-12)), (n_t, 1))
@@ -252,7 +252,7 @@ class DawidSkene:
                 break
             self.loss_history_.append(loss)
 
-        self.priors_ = {label: float(p) for label, p in zip(space, priors)}
+        self.priors_ = {label: float(p) for label, p in zip(space, priors, strict=True)}
         self.errors_ = {worker: conf[w_index[worker]] for worker in workers}
         self.skills_ = {worker: float((priors * np.diag(conf[w_index[worker]])).sum()) for worker in workers}
         self.probas_ = {

@@ -118,9 +118,15 @@ def list_tasks(function: str) -> Response:
         offset = int(request.args.get("offset", 0))
     except ValueError:
         raise BadRequest("limit and offset must be integers") from None
-    return jsonify(get_crowd().list_tasks(function, state=request.args.get("state") or None,
-                                          name_prefix=request.args.get("prefix") or None,
-                                          limit=limit, offset=offset))
+    return jsonify(
+        get_crowd().list_tasks(
+            function,
+            state=request.args.get("state") or None,
+            name_prefix=request.args.get("prefix") or None,
+            limit=limit,
+            offset=offset,
+        )
+    )
 
 
 @bp.route("/media/<key>", methods=["GET"])
@@ -150,8 +156,20 @@ def add_gold() -> tuple[Response, int]:
 def list_gold() -> Response:
     """The gold set."""
     rows = get_crowd().state.gold()
-    return jsonify({"gold": [{"goldId": g["gold_id"], "image1": g["image1"], "image2": g["image2"],
-                              "label": g["label"], "source": g["source"]} for g in rows]})
+    return jsonify(
+        {
+            "gold": [
+                {
+                    "goldId": g["gold_id"],
+                    "image1": g["image1"],
+                    "image2": g["image2"],
+                    "label": g["label"],
+                    "source": g["source"],
+                }
+                for g in rows
+            ]
+        }
+    )
 
 
 @bp.route("/sync", methods=["POST"])

@@ -67,18 +67,32 @@ def _echo_json(data: Any) -> None:
 @crowd.command("server")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", default=8001, show_default=True, type=int, help="Port to bind.")
-@click.option("--data-dir", default="crowd-data", show_default=True, type=click.Path(file_okay=False),
-              help="Where the crowd server keeps its state (SQLite).")
-@click.option("--simulate", default=None, help='Simulated workers, e.g. "workers=20,accuracy=0.7,spammers=0.2".')
+@click.option(
+    "--data-dir",
+    default="crowd-data",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where the crowd server keeps its state (SQLite).",
+)
+@click.option(
+    "--simulate", default=None, help='Simulated workers, e.g. "workers=20,accuracy=0.7,spammers=0.2".'
+)
 @click.option("--balance", default="10000.00", show_default=True, help="Initial balance of a new requester.")
 def server(host: str, port: int, data_dir: str, simulate: str | None, balance: str) -> None:
     """Run match's MTurk-compatible crowd server (requester API + worker pages)."""
     from match.crowd.server import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    serve(host, port, data_dir, initial_balance=balance, simulate=simulate,
-          ready=lambda url: click.echo(f"crowd server on {url} (MATCH_CROWD_ENDPOINT={url}); "
-                                       f"workers sign in at {url}worker"))
+    serve(
+        host,
+        port,
+        data_dir,
+        initial_balance=balance,
+        simulate=simulate,
+        ready=lambda url: click.echo(
+            f"crowd server on {url} (MATCH_CROWD_ENDPOINT={url}); workers sign in at {url}worker"
+        ),
+    )
 
 
 @crowd.command("put")
@@ -104,8 +118,14 @@ def get(name: str, mock: bool) -> None:
 
 
 @crowd.command("sync")
-@click.option("--loop", "interval", type=float, default=None, metavar="SECONDS",
-              help="Keep syncing every SECONDS (a sidecar or a long-running CronJob); stop with SIGTERM.")
+@click.option(
+    "--loop",
+    "interval",
+    type=float,
+    default=None,
+    metavar="SECONDS",
+    help="Keep syncing every SECONDS (a sidecar or a long-running CronJob); stop with SIGTERM.",
+)
 def sync(interval: float | None) -> None:
     """Collect answers, review and pay, decide or extend, and delete finished HITs."""
     service = _service()
@@ -162,12 +182,15 @@ def _load_ref(service: Any) -> Callable[[str], bytes | None]:
     def load(ref: str) -> bytes | None:
         try:
             if ref.startswith("media:"):
-                return bytes(service.media.read(ref[len("media:"):]))
+                return bytes(service.media.read(ref[len("media:") :]))
             from match.fetch import Fetcher
 
             cfg = service.config
-            return Fetcher(timeout=float(cfg["MATCH_FETCH_TIMEOUT"]), max_bytes=int(cfg["MATCH_MAX_UPLOAD_BYTES"]),
-                           allow_networks=cfg["MATCH_FETCH_ALLOW_NETWORKS"]).fetch(ref)
+            return Fetcher(
+                timeout=float(cfg["MATCH_FETCH_TIMEOUT"]),
+                max_bytes=int(cfg["MATCH_MAX_UPLOAD_BYTES"]),
+                allow_networks=cfg["MATCH_FETCH_ALLOW_NETWORKS"],
+            ).fetch(ref)
         except MatchError:
             return None
 
@@ -176,7 +199,9 @@ def _load_ref(service: Any) -> Callable[[str], bytes | None]:
 
 @crowd.command("report")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Also write the HTML report here.")
-@click.option("--png", "png_path", type=click.Path(dir_okay=False), help="Also write a PNG contact sheet here.")
+@click.option(
+    "--png", "png_path", type=click.Path(dir_okay=False), help="Also write a PNG contact sheet here."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
 def report(html_path: str | None, png_path: str | None, as_json: bool) -> None:
     """Tasks, HITs, answers, workers, time, cost, cost per verified pair, gold accuracy."""
@@ -198,11 +223,16 @@ def report(html_path: str | None, png_path: str | None, as_json: bool) -> None:
 
 @crowd.command("calibrate")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.option("--measure", is_flag=True, help="Fetch the images of pairs without a signature distance and "
-              "measure it (else only pairs sent from /search, which carry one, are used).")
+@click.option(
+    "--measure",
+    is_flag=True,
+    help="Fetch the images of pairs without a signature distance and "
+    "measure it (else only pairs sent from /search, which carry one, are used).",
+)
 def calibrate(as_json: bool, measure: bool) -> None:
     """The signature-distance cutoff that best separates the crowd's same from different."""
-    from match.crowd.report import build_report, calibrate as fit, calibration_points
+    from match.crowd.report import build_report, calibration_points
+    from match.crowd.report import calibrate as fit
 
     service = _service()
     data = build_report(service)
@@ -223,15 +253,19 @@ def calibrate(as_json: bool, measure: bool) -> None:
         _echo_json(result)
         return
     if result["cutoff"] is None:
-        click.echo(f"not enough evidence: {result['same']} same and {result['different']} different "
-                   "completed pairs with a signature distance (need at least one of each)")
+        click.echo(
+            f"not enough evidence: {result['same']} same and {result['different']} different "
+            "completed pairs with a signature distance (need at least one of each)"
+        )
         sys.exit(1)
     logistic = result["logistic"] or {}
-    click.echo(f"{result['n']} pairs ({result['same']} same, {result['different']} different)\n"
-               f"best cutoff: distance <= {result['cutoff']} is the same picture "
-               f"({result['accuracy']:.1%} right, balanced {result['balanced_accuracy']:.1%})\n"
-               f"logistic P(same | distance) = 0.5 at distance {logistic.get('cutoff')}\n"
-               f"set MATCH_CUTOFF={result['cutoff']} to follow the crowd")
+    click.echo(
+        f"{result['n']} pairs ({result['same']} same, {result['different']} different)\n"
+        f"best cutoff: distance <= {result['cutoff']} is the same picture "
+        f"({result['accuracy']:.1%} right, balanced {result['balanced_accuracy']:.1%})\n"
+        f"logistic P(same | distance) = 0.5 at distance {logistic.get('cutoff')}\n"
+        f"set MATCH_CUTOFF={result['cutoff']} to follow the crowd"
+    )
 
 
 def _read_pairs(path: str) -> list[tuple[str, str, str, str | None]]:
@@ -252,21 +286,29 @@ def _read_pairs(path: str) -> list[tuple[str, str, str, str | None]]:
 
 @crowd.command("batch")
 @click.argument("pairs_csv", type=click.Path(exists=True, dir_okay=False))
-@click.option("--truth", "truth_path", type=click.Path(dir_okay=False),
-              help="Write the labels (and the gold set) as a truth file for `match crowd server --simulate "
-                   "...,truth=FILE`.")
+@click.option(
+    "--truth",
+    "truth_path",
+    type=click.Path(dir_okay=False),
+    help="Write the labels (and the gold set) as a truth file for `match crowd server --simulate "
+    "...,truth=FILE`.",
+)
 def batch(pairs_csv: str, truth_path: str | None) -> None:
     """Create one task per CSV row (name,url1,url2[,label]): all of them or, over budget, none."""
     from match.crowd import tasks as T
 
     service = _service()
     rows = _read_pairs(pairs_csv)
-    for _name, url1, url2, _label in rows:
-        service_body = {"input": {"image1": {"url": url1}, "image2": {"url": url2}}}
-        from match.crowd.service import _check_input
+    from match.crowd.service import _check_input
 
-        _run(lambda body=service_body: _check_input(body))
-    fresh = [(n, a, b, None, None) for n, a, b, _l in rows if service.state.task("image-similarity", n) is None]
+    for name, url1, url2, _label in rows:
+        try:
+            _check_input({"input": {"image1": {"url": url1}, "image2": {"url": url2}}})
+        except BadRequest as exc:
+            raise click.UsageError(f"{name}: {exc.message}") from exc
+    fresh = [
+        (n, a, b, None, None) for n, a, b, _l in rows if service.state.task("image-similarity", n) is None
+    ]
     created = _run(lambda: service._create_tasks(fresh))
     click.echo(f"{len(created)} task(s) created, {len(rows) - len(fresh)} already there")
     if truth_path:
@@ -277,11 +319,21 @@ def batch(pairs_csv: str, truth_path: str | None) -> None:
 
 
 @crowd.command("simulate")
-@click.option("--simulate", "spec", default="workers=25,accuracy=0.7,spammers=0.2,latency=0",
-              show_default=True, help="Simulated workers (see docs/crowd-server.md).")
-@click.option("--pairs", "n_pairs", default=200, show_default=True, help="How many labelled pairs to make up.")
-@click.option("--pairs-csv", type=click.Path(exists=True, dir_okay=False),
-              help="Your labelled pairs instead: name,url1,url2,label.")
+@click.option(
+    "--simulate",
+    "spec",
+    default="workers=25,accuracy=0.7,spammers=0.2,latency=0",
+    show_default=True,
+    help="Simulated workers (see docs/crowd-server.md).",
+)
+@click.option(
+    "--pairs", "n_pairs", default=200, show_default=True, help="How many labelled pairs to make up."
+)
+@click.option(
+    "--pairs-csv",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Your labelled pairs instead: name,url1,url2,label.",
+)
 @click.option("--gold", "n_gold", default=24, show_default=True, help="Gold pairs to make up.")
 @click.option("--seed", default=11, show_default=True)
 def simulate(spec: str, n_pairs: int, pairs_csv: str | None, n_gold: int, seed: int) -> None:
@@ -312,8 +364,15 @@ def simulate(spec: str, n_pairs: int, pairs_csv: str | None, n_gold: int, seed: 
     if pairs_csv:
         rows = [(n, a, b, label) for n, a, b, label in _read_pairs(pairs_csv) if label]
     else:
-        rows = [(f"pair-{i}", f"http://images.invalid/q/{i}.jpg", f"http://images.invalid/m/{i}.jpg",
-                 rng.choice(T.LABELS)) for i in range(n_pairs)]
+        rows = [
+            (
+                f"pair-{i}",
+                f"http://images.invalid/q/{i}.jpg",
+                f"http://images.invalid/m/{i}.jpg",
+                rng.choice(T.LABELS),
+            )
+            for i in range(n_pairs)
+        ]
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         os.environ.setdefault(key, "match-dry-run")  # the crowd server accepts any credentials
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
@@ -323,14 +382,19 @@ def simulate(spec: str, n_pairs: int, pairs_csv: str | None, n_gold: int, seed: 
         httpd = make_server("127.0.0.1", 0, app, threaded=True, request_handler=Quiet)
         thread = threading.Thread(target=httpd.serve_forever, daemon=True)
         thread.start()
-        overrides = {"MATCH_DATA_DIR": str(Path(root) / "match"),
-                     "MATCH_CROWD_ENDPOINT": f"http://127.0.0.1:{httpd.server_port}/",
-                     "MATCH_CROWD_BUDGET": "100000.00"}
+        overrides = {
+            "MATCH_DATA_DIR": str(Path(root) / "match"),
+            "MATCH_CROWD_ENDPOINT": f"http://127.0.0.1:{httpd.server_port}/",
+            "MATCH_CROWD_BUDGET": "100000.00",
+        }
         service = CrowdService(match_config.load(overrides))
         truth = {T.pair_id("p", a, b): label for _n, a, b, label in rows}
         for i in range(n_gold):
-            gid = service.add_gold(f"http://images.invalid/gold/{i}a.jpg", f"http://images.invalid/gold/{i}b.jpg",
-                                   "edited" if i % 2 else "different")
+            gid = service.add_gold(
+                f"http://images.invalid/gold/{i}a.jpg",
+                f"http://images.invalid/gold/{i}b.jpg",
+                "edited" if i % 2 else "different",
+            )
             truth[gid] = "edited" if i % 2 else "different"
         sim = SimulatedCrowd(store, settings, oracle=lambda key, _html: truth.get(key))
         started = time.time()
@@ -341,7 +405,8 @@ def simulate(spec: str, n_pairs: int, pairs_csv: str | None, n_gold: int, seed: 
                 time.sleep(min(settings.latency, 1.0))
             service.sync()
             if not service.state.tasks(state="processing", limit=1) and not service.state.hits(
-                    states=["open", "expiring", "intent"]):
+                states=["open", "expiring", "intent"]
+            ):
                 break
         right = answers = completed = 0
         for name, _a, _b, label in rows:
@@ -354,10 +419,12 @@ def simulate(spec: str, n_pairs: int, pairs_csv: str | None, n_gold: int, seed: 
         spammers = {w.worker_id for w in sim.workers if w.spammer}
         blocked = {w["worker_id"] for w in service.state.workers() if w["blocked"]}
         figures = {
-            "pairs": len(rows), "completed": completed,
+            "pairs": len(rows),
+            "completed": completed,
             "accuracy": round(right / max(1, completed), 4),
             "assignments_per_pair": round(answers / max(1, len(rows)), 2),
-            "spammers": len(spammers), "spammers_blocked": len(spammers & blocked),
+            "spammers": len(spammers),
+            "spammers_blocked": len(spammers & blocked),
             "honest_blocked": len(blocked - spammers),
             "cost": T.dollars(service.state.spent()),
             "cost_per_pair": T.dollars(round(service.state.spent() / max(1, len(rows)))),

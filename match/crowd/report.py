@@ -49,16 +49,25 @@ def build_report(crowd: Any) -> dict[str, Any]:
     for task in tasks:
         votes = [a for a in by_task.get(task["id"], []) if a["counted"]]
         result = task.get("result") or {}
-        pairs.append({
-            "name": task["name"], "state": task["state"], "deleted": bool(task["deleted"]),
-            "image1": task["input"]["image1"]["url"], "image2": task["input"]["image2"]["url"],
-            "labels": {label: sum(1 for v in votes if v["label"] == label) for label in T.LABELS},
-            "votes": len(votes), "answers": len(by_task.get(task["id"], [])),
-            "similarityScore": result.get("similarityScore"), "label": result.get("label"),
-            "match": result.get("match"), "confidence": result.get("confidence"),
-            "distance": task.get("distance"), "cost_cents": state.spent(task["id"]),
-            "problem": task.get("problem"),
-        })
+        pairs.append(
+            {
+                "name": task["name"],
+                "state": task["state"],
+                "deleted": bool(task["deleted"]),
+                "image1": task["input"]["image1"]["url"],
+                "image2": task["input"]["image2"]["url"],
+                "labels": {label: sum(1 for v in votes if v["label"] == label) for label in T.LABELS},
+                "votes": len(votes),
+                "answers": len(by_task.get(task["id"], [])),
+                "similarityScore": result.get("similarityScore"),
+                "label": result.get("label"),
+                "match": result.get("match"),
+                "confidence": result.get("confidence"),
+                "distance": task.get("distance"),
+                "cost_cents": state.spent(task["id"]),
+                "problem": task.get("problem"),
+            }
+        )
     completed = [t for t in tasks if t["state"] == "completed"]
     starts = [t["created_at"] for t in tasks]
     ends = [t["finished_at"] for t in tasks if t["finished_at"]]
@@ -69,27 +78,36 @@ def build_report(crowd: Any) -> dict[str, Any]:
         ds = DawidSkene(labels=T.LABELS).fit(table)
         decided = [t for t in completed if t["id"] in ds.labels_ and t.get("result")]
         if decided:
-            agreement = sum(T.is_match(ds.labels_[t["id"]]) == bool(t["result"].get("match"))
-                            for t in decided) / len(decided)
+            agreement = sum(
+                T.is_match(ds.labels_[t["id"]]) == bool(t["result"].get("match")) for t in decided
+            ) / len(decided)
     totals = {
-        "tasks": len(tasks), "completed": len(completed),
+        "tasks": len(tasks),
+        "completed": len(completed),
         "failed": sum(1 for t in tasks if t["state"] == "failed"),
         "processing": sum(1 for t in tasks if t["state"] == "processing"),
-        "hits": len(state.hits()), "assignments": len(assignments),
+        "hits": len(state.hits()),
+        "assignments": len(assignments),
         "counted": sum(1 for a in assignments if a["counted"]),
         "dropped": sum(1 for a in assignments if not a["counted"]),
-        "workers": len(workers), "blocked": sum(1 for w in workers if w["blocked"]),
+        "workers": len(workers),
+        "blocked": sum(1 for w in workers if w["blocked"]),
         "elapsed_seconds": (max(ends) - min(starts)) if starts and ends else 0.0,
         "cost_cents": cost,
         "cost_per_verified_pair_cents": round(cost / len(completed), 2) if completed else None,
         "dawid_skene_agreement": agreement,
     }
-    worker_rows = [{
-        "worker_id": w["worker_id"], "gold_right": w["gold_right"], "gold_exact": w["gold_exact"],
-        "gold_total": w["gold_total"],
-        "accuracy": round(w["gold_right"] / w["gold_total"], 3) if w["gold_total"] else None,
-        "blocked": bool(w["blocked"]),
-    } for w in workers]
+    worker_rows = [
+        {
+            "worker_id": w["worker_id"],
+            "gold_right": w["gold_right"],
+            "gold_exact": w["gold_exact"],
+            "gold_total": w["gold_total"],
+            "accuracy": round(w["gold_right"] / w["gold_total"], 3) if w["gold_total"] else None,
+            "blocked": bool(w["blocked"]),
+        }
+        for w in workers
+    ]
     return {"totals": totals, "workers": worker_rows, "pairs": pairs}
 
 
@@ -113,7 +131,9 @@ def render_text(report: Mapping[str, Any]) -> str:
         f"  HITs            {t['hits']}",
         f"  answers         {t['assignments']} ({t['counted']} counted, {t['dropped']} dropped by gold)",
         f"  workers         {t['workers']} ({t['blocked']} blocked)",
-        f"  time elapsed    {elapsed / 3600:.2f} h" if elapsed >= 3600 else f"  time elapsed    {elapsed:.0f} s",
+        f"  time elapsed    {elapsed / 3600:.2f} h"
+        if elapsed >= 3600
+        else f"  time elapsed    {elapsed:.0f} s",
         f"  cost            {_money(t['cost_cents'])}",
         f"  per verified    {_money(t['cost_per_verified_pair_cents'])}",
         "  Dawid-Skene     " + ("-" if agreement is None else f"{agreement:.1%} agree with the verdicts"),
@@ -123,45 +143,58 @@ def render_text(report: Mapping[str, Any]) -> str:
     ]
     for w in sorted(report["workers"], key=lambda w: (w["accuracy"] or 0, w["worker_id"])):
         acc = "-" if w["accuracy"] is None else f"{w['accuracy']:.0%}"
-        lines.append(f"  {w['worker_id']:<32} {w['gold_right']:>5} {w['gold_exact']:>5} {w['gold_total']:>5} "
-                     f"{acc:>6}  {'yes' if w['blocked'] else ''}")
+        lines.append(
+            f"  {w['worker_id']:<32} {w['gold_right']:>5} {w['gold_exact']:>5} {w['gold_total']:>5} "
+            f"{acc:>6}  {'yes' if w['blocked'] else ''}"
+        )
     return "\n".join(lines) + "\n"
 
 
-def render_html(report: Mapping[str, Any], *, url_for_ref: Callable[[str], str] | None = None,
-                limit: int = 200) -> str:
+def render_html(
+    report: Mapping[str, Any], *, url_for_ref: Callable[[str], str] | None = None, limit: int = 200
+) -> str:
     """The report as one HTML page: the statistics, the workers, and the pairs side by
     side with their votes and scores (``url_for_ref`` turns ``media:`` refs into URLs)."""
     esc = html.escape
     resolve = url_for_ref or (lambda ref: ref)
     t = report["totals"]
-    stats = "".join(f"<tr><th>{esc(k.replace('_', ' '))}</th><td>{esc(str(v))}</td></tr>" for k, v in t.items())
+    stats = "".join(
+        f"<tr><th>{esc(k.replace('_', ' '))}</th><td>{esc(str(v))}</td></tr>" for k, v in t.items()
+    )
     workers = "".join(
         f"<tr><td>{esc(w['worker_id'])}</td><td>{w['gold_right']}/{w['gold_total']}</td>"
         f"<td>{w['gold_exact']}</td><td>{_percent(w['accuracy'])}</td>"
-        f"<td>{'blocked' if w['blocked'] else ''}</td></tr>" for w in report["workers"])
+        f"<td>{'blocked' if w['blocked'] else ''}</td></tr>"
+        for w in report["workers"]
+    )
     rows = []
     for p in list(report["pairs"])[:limit]:
         votes = ", ".join(f"{label} {n}" for label, n in p["labels"].items() if n) or "no counted votes"
         score = "-" if p["similarityScore"] is None else f"{p['similarityScore']:.2f}"
         rows.append(
-            f'<tr><td><img src="{esc(resolve(p["image1"]))}" loading="lazy" referrerpolicy="no-referrer"></td>'
+            f'<tr><td><img src="{esc(resolve(p["image1"]))}" loading="lazy" '
+            'referrerpolicy="no-referrer"></td>'
             f'<td><img src="{esc(resolve(p["image2"]))}" loading="lazy" referrerpolicy="no-referrer"></td>'
             f"<td><b>{esc(p['name'])}</b><br>{esc(p['state'])}<br>score {score} "
-            f"({esc(str(p['label'] or '-'))}, confidence {esc(str(p['confidence'] or '-'))})<br>{esc(votes)}"
-            f"<br>{p['answers']} answers, {_money(p['cost_cents'])}</td></tr>")
+            f"({esc(str(p['label'] or '-'))}, confidence {esc(str(p['confidence'] or '-'))})"
+            f"<br>{esc(votes)}"
+            f"<br>{p['answers']} answers, {_money(p['cost_cents'])}</td></tr>"
+        )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>match crowd report</title>
 <style>body{{font-family:sans-serif;margin:1em}} table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px;text-align:left;vertical-align:top}} img{{max-width:260px;max-height:200px}}</style>
+td,th{{border:1px solid #ccc;padding:4px;text-align:left;vertical-align:top}}
+img{{max-width:260px;max-height:200px}}</style>
 </head><body><h1>match crowd report</h1>
 <h2>Totals</h2><table>{stats}</table>
 <h2>Gold accuracy per worker</h2><table><tr><th>worker</th><th>gold right</th><th>exact</th><th>accuracy</th>
 <th></th></tr>{workers}</table>
-<h2>Pairs</h2><table>{''.join(rows)}</table></body></html>"""
+<h2>Pairs</h2><table>{"".join(rows)}</table></body></html>"""
 
 
-def contact_sheet(report: Mapping[str, Any], load: Callable[[str], bytes | None], *, limit: int = 24) -> bytes:
+def contact_sheet(
+    report: Mapping[str, Any], load: Callable[[str], bytes | None], *, limit: int = 24
+) -> bytes:
     """A PNG contact sheet: each pair's two images side by side with its votes and score.
 
     ``load(ref)`` returns an image's bytes (or None to draw a placeholder).
@@ -195,7 +228,9 @@ def contact_sheet(report: Mapping[str, Any], load: Callable[[str], bytes | None]
             if col == 0:
                 votes = " ".join(f"{label[:4]}:{n}" for label, n in pair["labels"].items() if n)
                 score = "-" if pair["similarityScore"] is None else f"{pair['similarityScore']:.2f}"
-                ax.set_title(f"{pair['name'][:28]}  {pair['state']}  score {score}  {votes}", fontsize=7, loc="left")
+                ax.set_title(
+                    f"{pair['name'][:28]}  {pair['state']}  score {score}  {votes}", fontsize=7, loc="left"
+                )
     fig.tight_layout()
     out = io.BytesIO()
     fig.savefig(out, format="png", dpi=80)
@@ -205,10 +240,14 @@ def contact_sheet(report: Mapping[str, Any], load: Callable[[str], bytes | None]
 
 # ===== calibration (pure) ===========================================================
 
+
 def calibration_points(report: Mapping[str, Any]) -> list[tuple[float, bool]]:
     """(signature distance, crowd says same picture) for completed pairs with a distance."""
-    return [(float(p["distance"]), bool(p["match"])) for p in report["pairs"]
-            if p["state"] == "completed" and p["distance"] is not None and p["match"] is not None]
+    return [
+        (float(p["distance"]), bool(p["match"]))
+        for p in report["pairs"]
+        if p["state"] == "completed" and p["distance"] is not None and p["match"] is not None
+    ]
 
 
 def calibrate(points: Sequence[tuple[float, bool]]) -> dict[str, Any]:
@@ -224,13 +263,21 @@ def calibrate(points: Sequence[tuple[float, bool]]) -> dict[str, Any]:
     """
     n_same = sum(1 for _, same in points if same)
     n_diff = len(points) - n_same
-    out: dict[str, Any] = {"n": len(points), "same": n_same, "different": n_diff, "cutoff": None,
-                           "accuracy": None, "balanced_accuracy": None, "logistic": None}
+    out: dict[str, Any] = {
+        "n": len(points),
+        "same": n_same,
+        "different": n_diff,
+        "cutoff": None,
+        "accuracy": None,
+        "balanced_accuracy": None,
+        "logistic": None,
+    }
     if not n_same or not n_diff:
         return out
     ordered = sorted(points)
     distances = [d for d, _ in ordered]
-    candidates = sorted({0.0, 1.0, *((a + b) / 2 for a, b in zip(distances, distances[1:]) if a != b)})
+    midpoints = ((a + b) / 2 for a, b in zip(distances, distances[1:], strict=False) if a != b)
+    candidates = sorted({0.0, 1.0, *midpoints})
     best: tuple[float, float, float] | None = None
     for cut in candidates:
         tp = sum(1 for d, s in ordered if s and d <= cut)
@@ -255,6 +302,9 @@ def calibrate(points: Sequence[tuple[float, bool]]) -> dict[str, Any]:
             break
     intercept, slope = float(w[0]), float(w[1])
     crossing = -intercept / slope if slope and math.isfinite(-intercept / slope) else None
-    out["logistic"] = {"intercept": round(intercept, 4), "slope": round(slope, 4),
-                       "cutoff": None if crossing is None else round(min(max(crossing, 0.0), 1.0), 4)}
+    out["logistic"] = {
+        "intercept": round(intercept, 4),
+        "slope": round(slope, 4),
+        "cutoff": None if crossing is None else round(min(max(crossing, 0.0), 1.0), 4),
+    }
     return out

@@ -394,7 +394,7 @@ class CrowdService:
         against another image of the list that is clearly different (``different``)."""
         keys = [self.media.keep(data) for data in images]
         made: list[str] = []
-        for index, (key, data) in enumerate(zip(keys, images)):
+        for index, (key, data) in enumerate(zip(keys, images, strict=True)):
             made += self._generate_gold_from(key, data, seed=index)
             other = (index + 1) % len(images)
             if other != index and self._clearly_different(data, images[other]):
@@ -679,9 +679,11 @@ class CrowdService:
             self._reconcile(summary)
             # A full pass asks which HITs are Reviewable (all answers in, or expired) in one
             # paginated call, instead of listing the assignments of every open HIT.
-            reviewable = None if task_ids is not None else {
-                str(h["HITId"]) for h in self.turk.pages("ListReviewableHITs", "HITs", MaxResults=100)
-            }
+            reviewable = (
+                None
+                if task_ids is not None
+                else {str(h["HITId"]) for h in self.turk.pages("ListReviewableHITs", "HITs", MaxResults=100)}
+            )
             rows = (
                 [r for r in (self.state.task_by_id(i) for i in task_ids) if r]
                 if task_ids is not None
@@ -710,13 +712,13 @@ class CrowdService:
             self._send_hit(hit)
             summary.reconciled += 1
         for ext in self.state.extensions(state="intent"):
-            hit = self.state.hit(ext["hit_key"])
-            assert hit is not None and hit["hit_id"]
-            remote = self.turk.get_hit(hit["hit_id"])
+            extended = self.state.hit(ext["hit_key"])
+            assert extended is not None and extended["hit_id"]
+            remote = self.turk.get_hit(extended["hit_id"])
             if int(remote.get("MaxAssignments", 0)) < ext["target"]:
-                self._extend_call(hit, ext["token"], ext["count"])
+                self._extend_call(extended, ext["token"], ext["count"])
             self.state.finish_extension(ext["token"])
-            self.state.update_hit(hit["hit_key"], max_assignments=ext["target"])
+            self.state.update_hit(extended["hit_key"], max_assignments=ext["target"])
             summary.reconciled += 1
 
     def _sync_task(self, task: Row, summary: SyncSummary, reviewable: set[str] | None = None) -> None:
@@ -758,8 +760,11 @@ class CrowdService:
         if budget_message is not None:
             problem = {"code": "BudgetExceeded", "message": budget_message}
         elif no_votes:
-            problem = {"code": "NoValidAnswers", "message": f"None of the {received} answers passed the "
-                       "known-answer check, and the maximum number of assignments was reached."}
+            problem = {
+                "code": "NoValidAnswers",
+                "message": f"None of the {received} answers passed the "
+                "known-answer check, and the maximum number of assignments was reached.",
+            }
         else:
             problem = {
                 "code": "Expired",
@@ -847,7 +852,9 @@ class CrowdService:
                 summary.collected += 1
                 if gold_ok and self.settings.bonus_cents:
                     token = T.request_token("bonus", self.state.path, assignment_id)
-                    self.state.add_bonus(token, assignment_id, worker_id, task["id"], self.settings.bonus_cents)
+                    self.state.add_bonus(
+                        token, assignment_id, worker_id, task["id"], self.settings.bonus_cents
+                    )
                     self._fresh_bonuses.add(token)
                 known = self.state.assignment(assignment_id)
             assert known is not None

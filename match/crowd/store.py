@@ -288,7 +288,8 @@ class CrowdState:
         offset: int = 0,
     ) -> list[Row]:
         """Tasks, oldest first, filtered."""
-        where, args = ["deleted = ?"], [int(deleted)]
+        where: list[str] = ["deleted = ?"]
+        args: list[Any] = [int(deleted)]
         if function:
             where.append("function = ?")
             args.append(function)
@@ -357,7 +358,8 @@ class CrowdState:
 
     def hits(self, *, task_id: int | None = None, states: Sequence[str] | None = None) -> list[Row]:
         """HITs, by task and/or state, in creation order."""
-        where, args = ["1 = 1"], []
+        where: list[str] = ["1 = 1"]
+        args: list[Any] = []
         if task_id is not None:
             where.append("task_id = ?")
             args.append(task_id)
@@ -382,7 +384,8 @@ class CrowdState:
 
     def extensions(self, *, state: str | None = None, hit_key: str | None = None) -> list[Row]:
         """Extensions, filtered."""
-        where, args = ["1 = 1"], []
+        where: list[str] = ["1 = 1"]
+        args: list[Any] = []
         if state:
             where.append("state = ?")
             args.append(state)
@@ -419,7 +422,8 @@ class CrowdState:
         unreviewed: bool = False,
     ) -> list[Row]:
         """Collected assignments, filtered, in collection order."""
-        where, args = ["1 = 1"], []
+        where: list[str] = ["1 = 1"]
+        args: list[Any] = []
         if task_id is not None:
             where.append("task_id = ?")
             args.append(task_id)

@@ -24,8 +24,11 @@ from match.crowd.server import create_crowd_app, crowd_store
 from match.crowd.service import CrowdService
 from match.crowd.workers import SimulatedCrowd, SimulationSettings
 
-DUMMY_ENV = {"AWS_ACCESS_KEY_ID": "AKIDMATCHTEST", "AWS_SECRET_ACCESS_KEY": "not-a-secret",
-             "AWS_DEFAULT_REGION": "us-east-1"}
+DUMMY_ENV = {
+    "AWS_ACCESS_KEY_ID": "AKIDMATCHTEST",
+    "AWS_SECRET_ACCESS_KEY": "not-a-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 
 
 class QuietHandler(WSGIRequestHandler):
@@ -51,9 +54,15 @@ class Clock:
 class CrowdHarness:
     """A crowd server + simulated crowd + the service under test."""
 
-    def __init__(self, root: Path, *, settings: Mapping[str, Any] | None = None,
-                 simulation: SimulationSettings | None = None, balance: str = "10000.00",
-                 clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        settings: Mapping[str, Any] | None = None,
+        simulation: SimulationSettings | None = None,
+        balance: str = "10000.00",
+        clock: Clock | None = None,
+    ) -> None:
         self.root = root
         self.clock = clock or Clock()
         self.app = create_crowd_app(root / "server", initial_balance=balance, clock=self.clock)
@@ -72,9 +81,11 @@ class CrowdHarness:
         overrides.update(settings or {})
         self.config = match_config.load(overrides, environ={})
         self.service = CrowdService(self.config, clock=self.clock)
-        self.crowd = SimulatedCrowd(self.store, simulation or SimulationSettings(workers=10, accuracy=1.0,
-                                                                                   latency=0, seed=1),
-                                    oracle=self.oracle)
+        self.crowd = SimulatedCrowd(
+            self.store,
+            simulation or SimulationSettings(workers=10, accuracy=1.0, latency=0, seed=1),
+            oracle=self.oracle,
+        )
 
     def oracle(self, pair_key: str, html: str) -> str | None:
         """The truth of a pair: labelled real pairs, then the service's gold set."""
@@ -98,8 +109,9 @@ class CrowdHarness:
         for _ in range(rounds):
             self.work()
             self.service.sync()
-            if (not self.service.state.tasks(state="processing", limit=1)
-                    and not self.service.state.hits(states=["open", "expiring", "intent"])):
+            if not self.service.state.tasks(state="processing", limit=1) and not self.service.state.hits(
+                states=["open", "expiring", "intent"]
+            ):
                 return
         raise AssertionError("the loop did not settle")
 

@@ -12,14 +12,23 @@ from match.crowd.tasks import LABELS
 
 #: crowd-kit's toy shape: (task, worker, label); w3 is a contrarian, t3 is a tie.
 TOY = [
-    ("t1", "w1", "same"), ("t1", "w2", "same"), ("t1", "w3", "different"),
-    ("t2", "w1", "different"), ("t2", "w2", "different"), ("t2", "w3", "same"),
-    ("t3", "w1", "similar"), ("t3", "w3", "different"),
-    ("t4", "w1", "edited"), ("t4", "w2", "edited"), ("t4", "w3", "edited"),
+    ("t1", "w1", "same"),
+    ("t1", "w2", "same"),
+    ("t1", "w3", "different"),
+    ("t2", "w1", "different"),
+    ("t2", "w2", "different"),
+    ("t2", "w3", "same"),
+    ("t3", "w1", "similar"),
+    ("t3", "w3", "different"),
+    ("t4", "w1", "edited"),
+    ("t4", "w2", "edited"),
+    ("t4", "w3", "edited"),
 ]
 
 
-@pytest.mark.parametrize("estimator", [MajorityVote(), WeightedVote(), DawidSkene()], ids=lambda e: type(e).__name__)
+@pytest.mark.parametrize(
+    "estimator", [MajorityVote(), WeightedVote(), DawidSkene()], ids=lambda e: type(e).__name__
+)
 def test_toy_labels(estimator: object) -> None:
     labels = estimator.fit_predict(TOY)  # type: ignore[attr-defined]
     assert labels["t1"] == "same"

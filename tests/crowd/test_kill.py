@@ -31,11 +31,17 @@ ROOT = Path(__file__).resolve().parents[2]
 def harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[CrowdHarness]:
     for key, value in DUMMY_ENV.items():
         monkeypatch.setenv(key, value)
-    h = CrowdHarness(tmp_path, settings={"MATCH_CROWD_BUDGET": "100.00"},
-                     simulation=SimulationSettings(workers=12, accuracy=0.75, spammers=0.2, latency=0, seed=9))
+    h = CrowdHarness(
+        tmp_path,
+        settings={"MATCH_CROWD_BUDGET": "100.00"},
+        simulation=SimulationSettings(workers=12, accuracy=0.75, spammers=0.2, latency=0, seed=9),
+    )
     for i in range(6):
-        h.service.add_gold(f"http://images.test/gold/{i}a.jpg", f"http://images.test/gold/{i}b.jpg",
-                           "edited" if i % 2 else "different")
+        h.service.add_gold(
+            f"http://images.test/gold/{i}a.jpg",
+            f"http://images.test/gold/{i}b.jpg",
+            "edited" if i % 2 else "different",
+        )
     yield h
     h.close()
 
@@ -54,13 +60,19 @@ def test_sigkill_mid_sync_then_rerun_pays_once(harness: CrowdHarness) -> None:
     for i in range(30):
         url1, url2 = f"http://images.test/q/{i}.jpg", f"http://images.test/m/{i}.jpg"
         harness.label(url1, url2, "same" if i % 3 else "different")
-        harness.service.put_task("image-similarity", f"k{i}", {"input": {"image1": {"url": url1},
-                                                                         "image2": {"url": url2}}})
+        harness.service.put_task(
+            "image-similarity", f"k{i}", {"input": {"image1": {"url": url1}, "image2": {"url": url2}}}
+        )
     kills = 0
     for delay in (0.9, 1.2, 1.5, 1.8):
         harness.work()
-        process = subprocess.Popen([sys.executable, "-m", "match", "crowd", "sync"], env=_env(harness),
-                                   cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "match", "crowd", "sync"],
+            env=_env(harness),
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         time.sleep(delay)
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)
@@ -77,8 +89,9 @@ def test_sigkill_mid_sync_then_rerun_pays_once(harness: CrowdHarness) -> None:
     hit_rows = fresh.state.hits()
     assert all(h["state"] == "deleted" for h in hit_rows)
     assert list(turk.list_hits()) == []  # every HIT made was found and deleted: no orphan, no duplicate
-    payments = Counter(p["AssignmentId"] for a in fresh.state.assignments()
-                       for p in turk.bonus_payments(a["assignment_id"]))
+    payments = Counter(
+        p["AssignmentId"] for a in fresh.state.assignments() for p in turk.bonus_payments(a["assignment_id"])
+    )
     assert payments and max(payments.values()) == 1
     assert len(payments) == len(fresh.state.bonuses(state="paid"))
     for i in range(30):

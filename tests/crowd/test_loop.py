@@ -27,14 +27,18 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def labelled_pairs(n: int, seed: int = 7) -> list[tuple[str, str, str]]:
     """n (url1, url2, truth) with truths spread over the four labels."""
     rng = random.Random(seed)
-    return [(f"http://images.test/q/{i}.jpg", f"http://images.test/m/{i}.jpg", rng.choice(T.LABELS))
-            for i in range(n)]
+    return [
+        (f"http://images.test/q/{i}.jpg", f"http://images.test/m/{i}.jpg", rng.choice(T.LABELS))
+        for i in range(n)
+    ]
 
 
 def gold_pairs(harness: CrowdHarness, n: int = 24) -> None:
     for i in range(n):
         label = "edited" if i % 2 else "different"
-        harness.service.add_gold(f"http://images.test/gold/{i}a.jpg", f"http://images.test/gold/{i}b.jpg", label)
+        harness.service.add_gold(
+            f"http://images.test/gold/{i}a.jpg", f"http://images.test/gold/{i}b.jpg", label
+        )
 
 
 @pytest.fixture
@@ -54,8 +58,9 @@ def test_loop_200_pairs(loop: CrowdHarness) -> None:
     pairs = labelled_pairs(200)
     for index, (url1, url2, truth) in enumerate(pairs):
         loop.label(url1, url2, truth)
-        loop.service.put_task("image-similarity", f"pair-{index}",
-                              {"input": {"image1": {"url": url1}, "image2": {"url": url2}}})
+        loop.service.put_task(
+            "image-similarity", f"pair-{index}", {"input": {"image1": {"url": url1}, "image2": {"url": url2}}}
+        )
     loop.run()
 
     right = assignments = 0
@@ -72,9 +77,11 @@ def test_loop_200_pairs(loop: CrowdHarness) -> None:
     per_pair = assignments / len(pairs)
     caught = len(spammers & blocked) / len(spammers)
     cost = loop.service.state.spent()
-    print(f"\nloop: accuracy={accuracy:.3f} assignments/pair={per_pair:.2f} spammers caught="
-          f"{len(spammers & blocked)}/{len(spammers)} honest blocked={len(blocked - spammers)} "
-          f"cost=${T.dollars(cost)}")
+    print(
+        f"\nloop: accuracy={accuracy:.3f} assignments/pair={per_pair:.2f} spammers caught="
+        f"{len(spammers & blocked)}/{len(spammers)} honest blocked={len(blocked - spammers)} "
+        f"cost=${T.dollars(cost)}"
+    )
     assert accuracy >= 0.97
     assert per_pair <= 5.0
     assert caught >= 0.9

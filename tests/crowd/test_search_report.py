@@ -13,7 +13,14 @@ from click.testing import CliRunner
 
 from match.crowd import tasks as T
 from match.crowd.cli import crowd
-from match.crowd.report import build_report, calibrate, calibration_points, contact_sheet, render_html, render_text
+from match.crowd.report import (
+    build_report,
+    calibrate,
+    calibration_points,
+    contact_sheet,
+    render_html,
+    render_text,
+)
 from match.crowd.workers import SimulationSettings
 from tests.crowd.harness import DUMMY_ENV, CrowdHarness
 
@@ -31,16 +38,19 @@ def harness(tmp_path: Path) -> Iterator[CrowdHarness]:
     h.close()
 
 
-def test_verify_matches_keeps_the_query_generates_gold_and_reports(harness: CrowdHarness,
-                                                                   photo_paths: list[Path]) -> None:
+def test_verify_matches_keeps_the_query_generates_gold_and_reports(
+    harness: CrowdHarness, photo_paths: list[Path]
+) -> None:
     service = harness.service
     query = photo_paths[0].read_bytes()
     # Gold from real photos: transformed copies ("edited") and clearly different pairs.
     made = service.generate_gold([p.read_bytes() for p in photo_paths[1:5]])
     assert any(g["label"] == "different" for g in service.state.gold())
     assert len(made) >= 4
-    matches = [{"filepath": f"http://images.test/indexed/{i}.jpg", "distance": d, "metadata": {}}
-               for i, d in enumerate([0.1, 0.3, 0.6, 0.7])]
+    matches = [
+        {"filepath": f"http://images.test/indexed/{i}.jpg", "distance": d, "metadata": {}}
+        for i, d in enumerate([0.1, 0.3, 0.6, 0.7])
+    ]
     matches.append({"filepath": "local/no-url.jpg", "distance": 0.2, "metadata": {}})
     sent = service.verify_matches(query, matches, top=5)
     assert [e.get("state") for e in sent[:4]] == ["processing"] * 4
@@ -49,7 +59,7 @@ def test_verify_matches_keeps_the_query_generates_gold_and_reports(harness: Crow
     task = service.state.task("image-similarity", sent[0]["taskName"])
     assert task is not None and task["input"]["image1"]["url"].startswith("media:")
     # Truth for the oracle: near matches are the same picture.
-    for entry, match in zip(sent[:4], matches):
+    for entry, match in zip(sent[:4], matches, strict=False):
         row = service.state.task("image-similarity", entry["taskName"])
         assert row is not None
         truth = "edited" if match["distance"] < 0.5 else "different"
@@ -85,12 +95,16 @@ def test_calibrate_finds_the_separating_cutoff() -> None:
     assert calibrate([(0.1, True)])["cutoff"] is None
 
 
-def test_cli_report_and_mock_task(harness: CrowdHarness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_report_and_mock_task(
+    harness: CrowdHarness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for name, value in harness.config.items():
         if name.startswith("MATCH_CROWD_") or name == "MATCH_DATA_DIR":
             monkeypatch.setenv(name, value if isinstance(value, str) else json.dumps(value))
     runner = CliRunner()
-    done = runner.invoke(crowd, ["put", "--test", "m1", "http://images.test/a.jpg", "http://images.test/b.jpg"])
+    done = runner.invoke(
+        crowd, ["put", "--test", "m1", "http://images.test/a.jpg", "http://images.test/b.jpg"]
+    )
     assert done.exit_code == 0, done.output
     assert json.loads(done.output)["state"] == "completed"
     harness.service.add_gold("http://images.test/g1.jpg", "http://images.test/g2.jpg", "different")

@@ -38,8 +38,11 @@ def make(tmp_path: Path) -> Iterator[Any]:
         h = CrowdHarness(tmp_path / f"h{len(made)}", **kwargs)
         made.append(h)
         for i in range(4):
-            h.service.add_gold(f"http://images.test/gold/{i}a.jpg", f"http://images.test/gold/{i}b.jpg",
-                               "edited" if i % 2 else "different")
+            h.service.add_gold(
+                f"http://images.test/gold/{i}a.jpg",
+                f"http://images.test/gold/{i}b.jpg",
+                "edited" if i % 2 else "different",
+            )
         return h
 
     yield build
@@ -53,8 +56,12 @@ def harness(make: Any) -> CrowdHarness:
 
 
 def body(i: int) -> dict[str, Any]:
-    return {"input": {"image1": {"url": f"http://images.test/q/{i}.jpg"},
-                      "image2": {"url": f"http://images.test/m/{i}.jpg"}}}
+    return {
+        "input": {
+            "image1": {"url": f"http://images.test/q/{i}.jpg"},
+            "image2": {"url": f"http://images.test/m/{i}.jpg"},
+        }
+    }
 
 
 def label(h: CrowdHarness, i: int, truth: str) -> None:
@@ -71,6 +78,7 @@ def client(harness: CrowdHarness) -> Any:
 
 
 # --- the Tasks API -------------------------------------------------------------------
+
 
 def test_tasks_api_lifecycle(harness: CrowdHarness, client: Any) -> None:
     label(harness, 1, "same")
@@ -99,8 +107,10 @@ def test_tasks_api_lifecycle(harness: CrowdHarness, client: Any) -> None:
 
 def test_tasks_api_validation(client: Any) -> None:
     long_url = "http://images.test/" + "x" * 400
-    bad = client.put(f"/crowd/functions/{FN}/tasks/a", json={"input": {"image1": {"url": long_url},
-                                                                           "image2": {"url": "http://x/1"}}})
+    bad = client.put(
+        f"/crowd/functions/{FN}/tasks/a",
+        json={"input": {"image1": {"url": long_url}, "image2": {"url": "http://x/1"}}},
+    )
     assert bad.status_code == 400 and "400 characters" in bad.get_json()["error"]["message"]
     assert client.put(f"/crowd/functions/{FN}/tasks/a", json={"input": {}}).status_code == 400
     assert client.put(f"/crowd/functions/{FN}/tasks/bad%20name", json=body(1)).status_code == 400
@@ -130,9 +140,12 @@ def test_media_urls_are_signed_and_expire(harness: CrowdHarness, client: Any) ->
 
 # --- gold, blocking, expiry ---------------------------------------------------------
 
+
 def test_gold_pays_right_answers_and_drops_wrong_ones(make: Any) -> None:
-    harness = make(simulation=SimulationSettings(workers=6, accuracy=1.0, spammers=0.5, latency=0, seed=4),
-                   settings={"MATCH_CROWD_BLOCK_MIN_GOLD": 4})
+    harness = make(
+        simulation=SimulationSettings(workers=6, accuracy=1.0, spammers=0.5, latency=0, seed=4),
+        settings={"MATCH_CROWD_BLOCK_MIN_GOLD": 4},
+    )
     for i in range(12):
         label(harness, i, "same" if i % 2 else "different")
         harness.service.put_task(FN, f"p{i}", body(i))
@@ -175,6 +188,7 @@ def test_task_expires_when_workers_do_not_answer(make: Any) -> None:
 
 # --- money -------------------------------------------------------------------------------
 
+
 def test_budget_refuses_a_whole_batch_and_stops_at_the_cap(make: Any) -> None:
     harness = make(settings={"MATCH_CROWD_BUDGET": "0.50"})
     # One task commits 3 x (0.05 + 0.01 fee + 0.02 bonus + 0.01 fee) = $0.27.
@@ -183,8 +197,9 @@ def test_budget_refuses_a_whole_batch_and_stops_at_the_cap(make: Any) -> None:
         harness.service.put_task(FN, "second", body(2))
     assert harness.service.state.task(FN, "second") is None  # nothing half-created
     with pytest.raises(BudgetExceeded):
-        harness.service.verify_matches(b"not an image", [{"filepath": "http://images.test/m/1.jpg",
-                                                          "distance": 0.2}] * 1)
+        harness.service.verify_matches(
+            b"not an image", [{"filepath": "http://images.test/m/1.jpg", "distance": 0.2}] * 1
+        )
     assert len(list(harness.service.turk.list_hits())) == 1
     assert harness.service.state.spent() <= 50
 
@@ -214,12 +229,14 @@ def test_cost_is_recorded_per_task(harness: CrowdHarness) -> None:
 
 # --- crashes and retries ---------------------------------------------------------------
 
+
 class Crash(Exception):
     pass
 
 
-def test_crash_after_create_hit_then_retry_makes_no_duplicate(harness: CrowdHarness,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_crash_after_create_hit_then_retry_makes_no_duplicate(
+    harness: CrowdHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
     label(harness, 1, "same")
     turk = harness.service.turk
     real_create = turk.create_hit
@@ -240,8 +257,9 @@ def test_crash_after_create_hit_then_retry_makes_no_duplicate(harness: CrowdHarn
     assert harness.service.get_task(FN, "crashy", sync=False)["state"] == "completed"
 
 
-def test_crash_after_send_bonus_then_retry_pays_once(harness: CrowdHarness,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_crash_after_send_bonus_then_retry_pays_once(
+    harness: CrowdHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for i in range(2):
         label(harness, i, "same")
         harness.service.put_task(FN, f"b{i}", body(i))

@@ -8,13 +8,17 @@ import pytest
 
 from match.crowd import tasks as T
 from match.crowd.mturk import parse_answer
-from match.crowd.workers import parse_question_form
 from match.crowd.server_store import build_answer_xml, question_html
+from match.crowd.workers import parse_question_form
 
 
 def pairs() -> list[T.Pair]:
-    return [T.Pair(T.pair_id("p", "http://a/1.jpg", "http://b/1.jpg"), "http://a/1.jpg", "http://b/1.jpg?x=1&y=]]>"),
-            T.Pair(T.pair_id("p", "http://g/1.jpg", "http://g/2.jpg"), "http://g/1.jpg", "http://g/2.jpg")]
+    return [
+        T.Pair(
+            T.pair_id("p", "http://a/1.jpg", "http://b/1.jpg"), "http://a/1.jpg", "http://b/1.jpg?x=1&y=]]>"
+        ),
+        T.Pair(T.pair_id("p", "http://g/1.jpg", "http://g/2.jpg"), "http://g/1.jpg", "http://g/2.jpg"),
+    ]
 
 
 def test_question_is_valid_xml_under_64kb_and_follows_the_form_convention() -> None:
@@ -79,5 +83,8 @@ def test_parse_answer_forces_a_list() -> None:
     two = build_answer_xml([("q_p-1", "same"), ("q_p-2", "different")])
     assert parse_answer(one) == {"q_p-1": "same"}
     assert parse_answer(two) == {"q_p-1": "same", "q_p-2": "different"}
-    assert T.parse_labels(parse_answer(two), ["p-1", "p-2", "p-3"]) == {"p-1": "same", "p-2": "different",
-                                                                         "p-3": None}
+    assert T.parse_labels(parse_answer(two), ["p-1", "p-2", "p-3"]) == {
+        "p-1": "same",
+        "p-2": "different",
+        "p-3": None,
+    }
