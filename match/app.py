@@ -1,8 +1,9 @@
 """The application factory, and the one way views reach the store.
 
 ``create_app(config)`` loads the settings (:func:`match.config.load`: defaults, the
-``MATCH_CONFIG`` file, ``MATCH_*`` env, then ``config``), registers the API blueprint
-and the JSON error renderer, and returns the Flask app. It does not open the store.
+``MATCH_CONFIG`` file, ``MATCH_*`` env, then ``config``), registers the API blueprint,
+the JSON error renderer, API keys and the access log/metrics hooks, and returns the
+Flask app. It does not open the store.
 
 Why the store opens lazily: gunicorn imports the app once and forks its workers, and a
 SQLite connection or an Elasticsearch connection pool must not be shared across a
@@ -75,11 +76,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions[EXTENSION] = _State(app.config)
     logging.getLogger("match").setLevel(str(settings["MATCH_LOG_LEVEL"]).upper())
 
-    # Imported here because the views import get_store from this module.
-    from match.api import blueprint, register_error_handlers
+    # Imported here because the views import get_store from this module. init_app
+    # registers the API blueprint, the JSON error renderer, API keys (match.api.auth),
+    # the access log and the request metrics (match.api.observe).
+    from match.api import init_app as init_api
 
-    app.register_blueprint(blueprint)
-    register_error_handlers(app)
+    init_api(app)
 
     # --- web UI (match/web, docs/web.md): HTML pages at /ui/, "/" redirects there ---
     if settings["MATCH_UI"]:

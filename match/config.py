@@ -116,6 +116,20 @@ def _json_list(value: str | list[Any]) -> list[Any]:
     return data
 
 
+#: Image formats match can decode (match.image.FORMATS, repeated here so that reading
+#: settings does not import Pillow; a test keeps the two equal).
+_IMAGE_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "DIB", "TIFF", "PPM", "ICO", "TGA")
+
+
+def _formats(value: str | list[str]) -> list[str]:
+    names = [name.upper() for name in _string_list(value)]
+    unknown = [name for name in names if name not in _IMAGE_FORMATS]
+    if unknown or not names:
+        raise ValueError(f"expected a comma-separated subset of {', '.join(_IMAGE_FORMATS)}; "
+                         f"got {value!r}")
+    return names
+
+
 @dataclass(frozen=True)
 class Setting:
     """One setting: its environment name, default, parser and a line of help."""
@@ -165,6 +179,12 @@ SETTINGS: tuple[Setting, ...] = (
             _positive_int),
     Setting("MATCH_MAX_PIXELS", 50_000_000, "Largest image in pixels, checked before decoding (413).",
             _positive_int),
+    Setting("MATCH_MAX_IMAGE_SIDE", 30_000, "Largest width or height in pixels, checked before decoding "
+            "(413); 0 means only MATCH_MAX_PIXELS applies.", _non_negative_int),
+    Setting("MATCH_IMAGE_FORMATS", list(_IMAGE_FORMATS), "Comma-separated image formats accepted "
+            "(Pillow names, a subset of the default); others are 415.", _formats),
+    Setting("MATCH_MAX_METADATA_BYTES", 64 * 1024, "Largest `metadata` JSON object of /add, in bytes "
+            "of compact UTF-8 JSON (400).", _positive_int),
     Setting("MATCH_EXIF_TRANSPOSE", False, "Apply the EXIF orientation before signing (image-match ignores "
             "it; all-orientation search covers rotated photos either way).", parse_bool),
     Setting("MATCH_FETCH_TIMEOUT", 10.0, "Seconds allowed to fetch a `url` (connect and each read).",
@@ -220,6 +240,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MATCH_TIMEOUT", 60, "gunicorn worker timeout in seconds.", _positive_int),
     Setting("MATCH_LOG_LEVEL", "info", "Log level: debug, info, warning, error.",
             _choice("debug", "info", "warning", "error")),
+    Setting("MATCH_ACCESS_LOG", True, "Write one JSON line per request (method, path without the "
+            "query string, status, duration, bytes, remote address) to the `match.access` logger.",
+            parse_bool),
+    Setting("MATCH_METRICS", True, "Serve Prometheus metrics at /metrics (behind an API key when keys "
+            "are set).", parse_bool),
+    # --- API keys (match/api/auth.py) --------------------------------------------
+    Setting("MATCH_API_KEYS", [], "Comma-separated `key:role` API keys, keys of 16+ characters; role "
+            "`ro` may search, compare, count and list, `rw` may also add and delete. No keys (here or "
+            "in the file): the API is open. /ping, /ready and /openapi.json stay open.", _string_list),
+    Setting("MATCH_API_KEYS_FILE", "", "File of `key:role` lines (`#` comments), read at startup and "
+            "added to MATCH_API_KEYS."),
     # --- web UI (match/web, docs/web.md) ----------------------------------------
     Setting("MATCH_UI", True, "Serve the web UI at `/ui/` (search, compare, browse, crowd dashboard); "
             "`/` redirects there.", parse_bool),

@@ -5,6 +5,8 @@ The tree::
     MatchError                      500  base class; never shown with a stack trace
     ├── BadRequest                  400  a field is missing or invalid
     │   └── MissingField            400
+    ├── Unauthorized                401  no API key, or an unknown one (MATCH_API_KEYS)
+    ├── Forbidden                   403  the key's role may not do this (read-only key)
     ├── NotFound                    404
     ├── MethodNotAllowed            405
     ├── Conflict                    409
@@ -33,6 +35,8 @@ __all__ = [
     "MatchError",
     "BadRequest",
     "MissingField",
+    "Unauthorized",
+    "Forbidden",
     "NotFound",
     "MethodNotAllowed",
     "Conflict",
@@ -76,6 +80,18 @@ class MissingField(BadRequest):
             message += f": {hint}"
         super().__init__(message)
         self.field = field
+
+
+class Unauthorized(MatchError):
+    """No API key was sent, or not one the server knows (the message never echoes it)."""
+
+    status = 401
+
+
+class Forbidden(MatchError):
+    """A known API key whose role does not allow the request (e.g. ``ro`` on /add)."""
+
+    status = 403
 
 
 class NotFound(MatchError):

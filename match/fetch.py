@@ -7,9 +7,10 @@ port on 127.0.0.1, Elasticsearch itself. The story of one fetch:
 
 1. **Parse.** Only ``http`` and ``https`` URLs with a host are accepted (else 400).
    URLs with credentials (``user:pass@``) and invalid ports are refused too.
-2. **Resolve the host ourselves** with :func:`socket.getaddrinfo` (a DNS failure is a
-   502) and **check the address**: private, loopback, link-local, multicast, reserved,
-   unspecified, shared (CGNAT), unique-local, site-local, Teredo and cloud metadata
+2. **Resolve the host ourselves** with :func:`socket.getaddrinfo` (a name that does
+   not exist is a 400, a DNS outage a 502) and **check the address**: private,
+   loopback, link-local, multicast, reserved, unspecified, shared (CGNAT),
+   unique-local, site-local, Teredo and cloud metadata
    addresses are refused (400) unless they fall in ``MATCH_FETCH_ALLOW_NETWORKS``.
    IPv6 forms that embed an IPv4 address (mapped ``::ffff:a.b.c.d``, 6to4 ``2002::/16``,
    NAT64 ``64:ff9b::/96``) are judged by the IPv4 address inside. Numeric host forms
@@ -127,6 +128,10 @@ def _is_public(address: IPAddress) -> bool:
             and address not in METADATA_ADDRESSES)
 
 
+#: getaddrinfo errors meaning "no such name" (a 400), as opposed to a DNS outage (502).
+_NO_SUCH_HOST = frozenset(code for code in (getattr(socket, "EAI_NONAME", None),
+                                            getattr(socket, "EAI_NODATA", None)) if code is not None)
+
 #: ``resolver(host, port)`` -> the host's addresses as text (what getaddrinfo gives).
 Resolver = Callable[[str, int], Sequence[str]]
 
@@ -215,6 +220,11 @@ class Fetcher:
     def _resolve(self, host: str, port: int, field: str) -> str:
         try:
             answers = self.resolver(host, port)
+        except socket.gaierror as exc:
+            if exc.errno in _NO_SUCH_HOST:
+                # The client named a host that does not exist: its mistake, not an outage.
+                raise BadRequest(f"{field}: host {host!r} does not exist (no DNS record)") from exc
+            raise FetchError(f"{field}: cannot resolve host {host!r}") from exc
         except (OSError, UnicodeError, ValueError) as exc:
             raise FetchError(f"{field}: cannot resolve host {host!r}") from exc
         refused = []

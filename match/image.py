@@ -40,6 +40,7 @@ from __future__ import annotations
 import functools
 import io
 import warnings
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -87,7 +88,8 @@ class ImageInfo(NamedTuple):
     height: int
 
 
-def image_info(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
+def image_info(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int = 0,
+               formats: Sequence[str] = FORMATS) -> ImageInfo:
     """Format and size from the header alone (no pixel is decoded).
 
     Raises ``UnsupportedImage``, ``InvalidImage`` or ``ImageTooLarge`` as
@@ -95,17 +97,19 @@ def image_info(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInf
     """
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        image = _open(data, max_pixels)
+        image = _open(data, max_pixels, max_side, formats)
         with image:
             return ImageInfo(str(image.format), image.width, image.height)
 
 
-def load_rgb(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
-             exif_transpose: bool = False) -> npt.NDArray[np.uint8]:
+def load_rgb(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, exif_transpose: bool = False,
+             max_side: int = 0, formats: Sequence[str] = FORMATS) -> npt.NDArray[np.uint8]:
     """Decode image bytes to RGB pixels: ``uint8``, shape ``(height, width, 3)``.
 
     The same array as image-match's ``np.asarray(Image.open(...).convert("RGB"))``
     (first frame; EXIF orientation applied only with ``exif_transpose=True``).
+    ``max_side`` (0: none) caps the width and the height; ``formats`` (a subset of
+    :data:`FORMATS`) narrows what is decoded.
     """
     with warnings.catch_warnings():
         # A DecompressionBombWarning becomes an error (ImageTooLarge below); the other
@@ -113,7 +117,7 @@ def load_rgb(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
         # EXIF) are about files we decode anyway, and must not reach the caller.
         warnings.simplefilter("ignore")
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        image = _open(data, max_pixels)
+        image = _open(data, max_pixels, max_side, formats)
         with image:
             try:
                 image.load()
@@ -146,13 +150,14 @@ def rgb_to_grey(rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.float64]:
 
 
 @functools.cache
-def _open_formats() -> tuple[str, ...]:
-    """FORMATS that have an opener of their own (an MPO is opened by the JPEG one)."""
+def _open_formats(formats: tuple[str, ...] = FORMATS) -> tuple[str, ...]:
+    """``formats`` that have an opener of their own (an MPO is opened by the JPEG one)."""
     Image.init()
-    return tuple(name for name in FORMATS if name in Image.OPEN)
+    return tuple(name for name in formats if name in FORMATS and name in Image.OPEN)
 
 
-def _open(data: bytes, max_pixels: int) -> Image.Image:
+def _open(data: bytes, max_pixels: int, max_side: int = 0,
+          formats: Sequence[str] = FORMATS) -> Image.Image:
     """``Image.open`` restricted to FORMATS, with the pixel limit checked on the header.
 
     Call it under ``warnings.catch_warnings`` with DecompressionBombWarning as an error.
@@ -160,17 +165,25 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     if not data:
         raise UnsupportedImage("empty body: no image")
     try:
-        image = Image.open(io.BytesIO(data), formats=_open_formats())
+        image = Image.open(io.BytesIO(data), formats=_open_formats(tuple(formats)))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLarge(f"image too large to decode safely: {exc}") from exc
     except UnidentifiedImageError as exc:
         if data.startswith(_MAGIC) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP"):
             raise InvalidImage("corrupt or truncated image: its header cannot be read") from exc
         raise UnsupportedImage("not an image in a supported format "
-                               f"({', '.join(FORMATS)})") from exc
+                               f"({', '.join(formats)})") from exc
     except (OSError, SyntaxError, ValueError, TypeError, IndexError, KeyError, EOFError,
             MemoryError, ZeroDivisionError) as exc:
         raise InvalidImage(f"corrupt image header: {exc}") from exc
+    if image.format == "MPO" and "MPO" not in formats or image.format == "JPEG" and "JPEG" not in formats:
+        # One opener reads both: refuse the one the operator did not allow.
+        image.close()
+        raise UnsupportedImage(f"{image.format} images are not accepted here ({', '.join(formats)})")
+    if max_side and max(image.width, image.height) > max_side:
+        image.close()
+        raise ImageTooLarge(f"image is {image.width}x{image.height}; the longest side may be at most "
+                            f"{max_side} pixels (MATCH_MAX_IMAGE_SIDE)")
     pixels = image.width * image.height
     if pixels > max_pixels:
         image.close()

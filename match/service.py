@@ -47,6 +47,9 @@ __all__ = [
     "check_cutoff",
 ]
 
+#: Largest ``offset`` of a listing (paging a billion records deep is a mistake or an attack).
+MAX_OFFSET = 1_000_000_000
+
 #: Key under which :func:`add` records the SHA-256 of the image bytes in the
 #: metadata (TRUEPIC/match stores it there too).
 SHA256_KEY = "sha256"
@@ -89,7 +92,9 @@ def sign(data: bytes, settings: Mapping[str, Any], *, all_orientations: bool = F
     """
     # RGB pixels are signature.generate's fast path (same signature as the grey image).
     pixels = image.load_rgb(data, max_pixels=int(settings["MATCH_MAX_PIXELS"]),
-                            exif_transpose=bool(settings["MATCH_EXIF_TRANSPOSE"]))
+                            exif_transpose=bool(settings["MATCH_EXIF_TRANSPOSE"]),
+                            max_side=int(settings.get("MATCH_MAX_IMAGE_SIDE", 0)),
+                            formats=tuple(settings.get("MATCH_IMAGE_FORMATS", image.FORMATS)))
     if all_orientations:
         signatures = np.asarray(signature.generate_all(pixels), dtype=np.int8)
     else:
@@ -124,11 +129,11 @@ def check_filepath(filepath: Any, field: str = "filepath") -> str:
     return filepath
 
 
-def parse_metadata(raw: Any, field: str = "metadata") -> dict[str, Any]:
+def parse_metadata(raw: Any, field: str = "metadata", *, max_bytes: int | None = None) -> dict[str, Any]:
     """Parse the ``metadata`` field: a JSON object given as text (or, from JSON, an object).
 
     ``None`` or an empty string means no metadata. NaN and Infinity are refused,
-    as JSON does not have them.
+    as JSON does not have them. ``max_bytes`` caps its compact UTF-8 JSON size.
     """
     if raw is None or raw == "":
         return {}
@@ -148,6 +153,10 @@ def parse_metadata(raw: Any, field: str = "metadata") -> dict[str, Any]:
     except (TypeError, ValueError, RecursionError) as exc:
         raise BadRequest(f"{field} must be plain JSON ({exc})") from exc
     _check_utf8(text, field)
+    size = len(text.encode("utf-8"))
+    if max_bytes is not None and size > max_bytes:
+        raise BadRequest(f"{field} is {size} bytes of JSON; the limit is {max_bytes} bytes "
+                         "(MATCH_MAX_METADATA_BYTES)")
     return value
 
 
@@ -242,8 +251,8 @@ def check_offset(offset: int | None, field: str = "offset") -> int:
     """``offset`` or 0; a non-negative integer, else BadRequest."""
     if offset is None:
         return 0
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-        raise BadRequest(f"{field} must be an integer >= 0, got {offset!r}")
+    if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= MAX_OFFSET:
+        raise BadRequest(f"{field} must be an integer from 0 to {MAX_OFFSET}, got {offset!r}")
     return offset
 
 

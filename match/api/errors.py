@@ -28,7 +28,8 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
 
-from match.errors import MatchError, StoreUnavailable
+from match import metrics
+from match.errors import MatchError, StoreError, StoreUnavailable, Unauthorized
 
 __all__ = ["METHODS", "envelope", "respond", "render", "register"]
 
@@ -36,6 +37,10 @@ log = logging.getLogger(__name__)
 
 #: The API's endpoints, as the envelope's ``method`` names them.
 METHODS = ("add", "delete", "search", "compare", "count", "list", "ping", "ready")
+
+#: Endpoints outside the envelope: the OpenAPI description and the Prometheus metrics
+#: (their errors still use the envelope, with ``method`` set to these names).
+EXTRA_ENDPOINTS = ("openapi", "metrics")
 
 #: Seconds a client is asked to wait before retrying after a 503.
 RETRY_AFTER = 5
@@ -62,7 +67,7 @@ def current_method() -> str:
     """The endpoint the request was for ("" when the route is unknown)."""
     endpoint = request.endpoint or ""
     name = endpoint.rsplit(".", 1)[-1]
-    if name in METHODS:
+    if name in METHODS or name in EXTRA_ENDPOINTS:
         return name
     # A 405 has no endpoint yet; the path still says which method was meant.
     first = request.path.strip("/").split("/", 1)[0]
@@ -77,8 +82,13 @@ def render(error: BaseException) -> Response:
         if status >= 500:
             log.warning("%s %s -> %d %s: %s", request.method, request.path, status,
                         type(error).__name__, message, exc_info=status == 500)
+        if isinstance(error, StoreError):
+            metrics.store_error(type(error).__name__)
         if isinstance(error, StoreUnavailable):
             headers["Retry-After"] = str(RETRY_AFTER)
+        if isinstance(error, Unauthorized):
+            headers["WWW-Authenticate"] = 'Bearer realm="match"'
+
     elif isinstance(error, HTTPException):
         status, message = error.code or 500, _http_message(error)
         if isinstance(error, WerkzeugMethodNotAllowed) and error.valid_methods:

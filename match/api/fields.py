@@ -30,6 +30,9 @@ __all__ = ["Fields"]
 
 _INTEGER = re.compile(r"[+-]?\d{1,18}")
 
+#: Longest ``url`` accepted (characters).
+MAX_URL_LENGTH = 8192
+
 
 class Fields:
     """The fields of one request: form and query string, or a JSON object body.
@@ -138,6 +141,8 @@ class Fields:
         if inline is not None:
             return self._inline_image(file_field, inline)
         if url:
+            if len(url) > MAX_URL_LENGTH:
+                raise BadRequest(f"{url_field} is {len(url)} characters; the limit is {MAX_URL_LENGTH}")
             return fetcher.fetch(url, field=url_field)
         raise BadRequest(f"missing the image: send {url_field} (an http(s) URL) or upload a file "
                          f"as {file_field} (multipart/form-data, e.g. curl -F {file_field}=@photo.jpg)")

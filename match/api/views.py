@@ -17,18 +17,28 @@ endpoint    methods              result
 /ping       GET, POST            ``[]`` (liveness; never touches the store)
 /ready      GET                  ``[]`` or 503 (readiness; asks the store)
 ==========  ===================  =================================================
+
+Besides the envelope endpoints, ``/openapi.json`` serves the OpenAPI 3 description of
+all of them (``match/openapi.json``, checked against these routes by
+tests/api/test_openapi.py) and ``/metrics`` the Prometheus metrics (text format;
+404 when ``MATCH_METRICS`` is off). Which endpoints need which API key:
+:mod:`match.api.auth`.
 """
 
 from __future__ import annotations
 
+import functools
+import json
+from importlib import resources
 from typing import Any
 
 from flask import Blueprint, Response, current_app, request
 
-from match import service
+from match import __version__, metrics, service
 from match.api.errors import respond
 from match.api.fields import Fields
 from match.app import get_fetcher, get_store
+from match.errors import NotFound
 
 __all__ = ["blueprint"]
 
@@ -44,7 +54,8 @@ def add() -> Response:
     """Sign the image (``url`` or ``image``) and store it under ``filepath``."""
     fields = _fields()
     filepath = service.check_filepath(fields.text("filepath"))
-    metadata = service.parse_metadata(fields.raw("metadata"))
+    metadata = service.parse_metadata(fields.raw("metadata"),
+                                      max_bytes=int(current_app.config["MATCH_MAX_METADATA_BYTES"]))
     data = fields.image("url", "image", get_fetcher())
     service.add(get_store(), current_app.config, filepath=filepath, data=data, metadata=metadata)
     return respond("add", [])
@@ -116,3 +127,25 @@ def ready() -> Response:
     """Readiness: the store answers (503 otherwise)."""
     get_store().check()
     return respond("ready", [])
+
+
+@functools.cache
+def _openapi_text() -> str:
+    return resources.files("match").joinpath("openapi.json").read_text(encoding="utf-8")
+
+
+@blueprint.route("/openapi.json", methods=["GET"], endpoint="openapi")
+def openapi() -> Response:
+    """The OpenAPI 3 description of this API (a static file shipped in the package)."""
+    spec = json.loads(_openapi_text())
+    spec["info"]["version"] = __version__
+    return current_app.response_class(json.dumps(spec, ensure_ascii=False), mimetype="application/json")
+
+
+@blueprint.route("/metrics", methods=["GET"], endpoint="metrics")
+def metrics_() -> Response:
+    """Prometheus metrics (text exposition format), summed over gunicorn workers."""
+    if not current_app.config.get("MATCH_METRICS", True):
+        raise NotFound("metrics are off on this server (MATCH_METRICS=false)")
+    return current_app.response_class(metrics.exposition(), mimetype=None,
+                                      headers={"Content-Type": metrics.CONTENT_TYPE})

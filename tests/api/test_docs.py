@@ -6,7 +6,7 @@ from pathlib import Path
 
 from flask import Flask
 
-from match.api.errors import METHODS
+from match.api.errors import EXTRA_ENDPOINTS, METHODS
 from match.cli import cli
 
 DOC = Path(__file__).resolve().parent.parent.parent / "docs" / "api.md"
@@ -18,7 +18,9 @@ def test_every_route_is_documented(tmp_path: Path) -> None:
     app: Flask = create_app({"MATCH_STORE": "local", "MATCH_DATA_DIR": str(tmp_path)})
     text = DOC.read_text(encoding="utf-8")
     routes = {rule.rule for rule in app.url_map.iter_rules() if rule.endpoint.startswith("api.")}
-    assert routes == {f"/{name}" for name in METHODS}
+    extra = {"openapi": "/openapi.json", "metrics": "/metrics"}
+    assert set(extra) == set(EXTRA_ENDPOINTS)
+    assert routes == {f"/{name}" for name in METHODS} | set(extra.values())
     for route in routes:
         assert f"{route}`" in text, f"docs/api.md does not document {route}"
 
