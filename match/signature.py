@@ -52,8 +52,10 @@ lines are flat near the percentile position; :func:`_crop_limit` checks just tho
 
 from __future__ import annotations
 
+import bisect
 import functools
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -87,7 +89,7 @@ N_LEVELS = 2
 
 #: skimage's rgb2gray weights (ITU-R BT.709 luma), applied to ``uint8 / 255``.
 _GREY_WEIGHTS = np.array([0.2125, 0.7154, 0.0721], dtype=np.float64)
-#: Below this many pixels on a side, the grey image is computed whole (see _Pixels).
+#: Below this many pixels on a side, the grey image is computed whole (see _Source).
 _SMALL_SIDE = 16
 #: numpy's reduction buffer (elements): see _mean_levels.
 _REDUCE_BUFFER = 8192
@@ -103,7 +105,7 @@ def generate(image: ImageArray) -> Signature:
     ``image`` is a 2-D grey-level array (float, in ``[0, 1]``) or ``uint8`` RGB pixels of
     shape ``(h, w, 3)`` (faster, same result). Raises ``ValueError`` for anything else.
     """
-    return _signature(_Pixels(image))
+    return _signatures(image, [_identity])[0]
 
 
 def generate_all(image: ImageArray) -> npt.NDArray[np.int8]:
@@ -127,13 +129,26 @@ def generate_all(image: ImageArray) -> npt.NDArray[np.int8]:
     Searching with all 8 finds a stored image that was rotated or mirrored (an
     un-rotated phone photo, a flipped meme) -- and conversely.
     """
-    return np.stack([generate(view) for view in symmetries(image)])
+    return np.stack(_signatures(image, _SYMMETRIES))
 
 
 def symmetries(image: ImageArray) -> list[ImageArray]:
     """The 8 views of :func:`generate_all`, in its order (rotations act on axes 0, 1)."""
-    rotations = [np.rot90(image, turns, axes=(0, 1)) for turns in range(4)]
-    return rotations + [np.flip(rotation, axis=1) for rotation in rotations]
+    return [symmetry(image) for symmetry in _SYMMETRIES]
+
+
+def _identity(image: ImageArray) -> ImageArray:
+    return image
+
+
+def _symmetry(turns: int, mirror: bool) -> Callable[[ImageArray], ImageArray]:
+    def transform(image: ImageArray) -> ImageArray:
+        rotated = np.rot90(image, turns, axes=(0, 1))
+        return np.flip(rotated, axis=1) if mirror else rotated
+    return transform
+
+
+_SYMMETRIES = [_symmetry(turns, mirror) for mirror in (False, True) for turns in range(4)]
 
 
 def words(signature: npt.NDArray[np.integer]) -> npt.NDArray[np.int64]:
@@ -207,96 +222,154 @@ def distances(query: npt.NDArray[np.integer], matrix: npt.NDArray[np.generic],
 # --- the signature -------------------------------------------------------------------
 
 
-class _Pixels:
-    """The image the signature reads, grey levels computed on demand.
+class _Source:
+    """The pixels a call reads, as they lie in memory, and what its views share.
 
-    Holds either the grey image (2-D float) or uint8 RGB pixels. Grey levels computed
-    from RGB are bit-identical to skimage's ``rgb2gray`` of the whole image at the same
-    places: :func:`_rgb_to_grey` uses the same expression, a BLAS matrix-vector product
-    per row of at least two pixels, whose result per pixel does not depend on the row's
-    length or position. Images smaller than ``_SMALL_SIDE`` are converted whole, as
-    ``rgb2gray`` would (a one-pixel-wide image takes another BLAS path there).
+    Holds the grey image (2-D float) or uint8 RGB pixels as ``base``: positive strides,
+    rows outermost (the memory order of an un-rotated image; the input is
+    ``flips(swap(base))``, see :func:`_unturn`). Views (:meth:`view`) are the input
+    rotated or mirrored; they read lines and squares of the base and turn them.
 
-    A rotated or mirrored view (``np.rot90``, ``np.flip``, ``.T``: negative or swapped
-    strides) is read through its un-rotated base, so that squares are copied from
-    memory in order, then turned: ``image == flips(swap(base))``, see :func:`_unturn`.
-    All coordinates taken and returned are the view's.
+    Grey levels computed from RGB are bit-identical to skimage's ``rgb2gray`` of the
+    whole image at the same places: :func:`_rgb_to_grey` uses the same expression, a
+    BLAS matrix-vector product per row of at least two pixels, whose result per pixel
+    does not depend on the row's length or position. Images smaller than
+    ``_SMALL_SIDE`` are converted whole, as ``rgb2gray`` would (a one-pixel-wide image
+    takes another BLAS path there).
     """
 
     def __init__(self, image: ImageArray) -> None:
         array = np.asarray(image)
         if array.ndim == 3 and array.shape[2] == 3 and array.dtype == np.uint8:
-            source: npt.NDArray[np.generic] = array
             self.is_rgb = True
         elif array.ndim == 2 and np.issubdtype(array.dtype, np.floating):
-            source = array.astype(np.float64, copy=False)
+            array = array.astype(np.float64, copy=False)
             self.is_rgb = False
         else:
             raise ValueError("expected a 2-D float grey image or uint8 RGB pixels of shape "
                              f"(h, w, 3); got {array.dtype} {array.shape}")
-        self.shape: tuple[int, int] = (array.shape[0], array.shape[1])
-        if min(self.shape) == 0:
-            raise ValueError(f"empty image {self.shape}")
-        if self.is_rgb and min(self.shape) < _SMALL_SIDE:
-            source = _rgb_to_grey(np.ascontiguousarray(source))
+        if min(array.shape[:2]) == 0:
+            raise ValueError(f"empty image {array.shape}")
+        if self.is_rgb and min(array.shape[:2]) < _SMALL_SIDE:
+            array = _rgb_to_grey(np.ascontiguousarray(array))
             self.is_rgb = False
-        self.base, self.swap, self.flip_rows, self.flip_cols = _unturn(source)
+        self.base, *turn = _unturn(array)
+        # The input's turn applied to a 2 x 2 probe of distinct values: views are matched
+        # against it (see view()).
+        self.probe = _apply_turn(_PROBE, *turn)
+        self._flat: dict[tuple[int, int], bool] = {}
+        self._grey: FloatArray | None = None
+        self._rows = self._cols = _Intervals([])
 
-    def _base_block(self, rows: tuple[int, int], cols: tuple[int, int]) -> npt.NDArray[np.generic]:
-        """The part of the base that ``image[rows[0]:rows[1], cols[0]:cols[1]]`` shows, not
-        turned yet (:meth:`_turn` does that): a plain slice, cheap to copy."""
+    def view(self, transform: Callable[[ImageArray], ImageArray]) -> _View:
+        """``transform`` (a symmetry of the square, as numpy views) of the input."""
+        target = transform(self.probe)
+        for swap in (False, True):
+            for flip_rows in (False, True):
+                for flip_cols in (False, True):
+                    if np.array_equal(_apply_turn(_PROBE, swap, flip_rows, flip_cols), target):
+                        return _View(self, swap, flip_rows, flip_cols)
+        raise ValueError("not a symmetry of the square")
+
+    def to_grey(self, values: npt.NDArray[np.generic]) -> FloatArray:
+        """Grey levels of base pixels (any shape with at least two per row)."""
+        if self.is_rgb:
+            return _rgb_to_grey(values.astype(np.uint8, copy=False))
+        return values.astype(np.float64, copy=False)
+
+    def line_is_flat(self, axis: int, index: int) -> bool:
+        """Whether base row (``axis=0``) or column (``axis=1``) ``index`` has one grey level."""
+        key = (axis, index)
+        if key not in self._flat:
+            line = self.base[index] if axis == 0 else self.base[:, index]
+            # As one row of pixels (order does not matter here): a column of width 1
+            # would take another BLAS path.
+            grey = self.to_grey(np.ascontiguousarray(line)[np.newaxis])
+            self._flat[key] = bool(np.all(grey == grey.flat[0]))
+        return self._flat[key]
+
+    def prepare(self, rects: list[tuple[tuple[int, int], tuple[int, int]]]) -> None:
+        """Compute, once, the grey levels of every base rectangle ``(rows, cols)`` the views
+        will read: those of the rows in any of them times the columns in any of them."""
+        self._rows = _Intervals([rows for rows, _ in rects])
+        self._cols = _Intervals([cols for _, cols in rects])
+        gathered = np.empty((self._rows.total, self._cols.total) + self.base.shape[2:],
+                            self.base.dtype)
+        for (row_lo, row_hi), row_at in zip(self._rows.spans, self._rows.offsets, strict=True):
+            band = self.base[row_lo:row_hi]
+            target = gathered[row_at:row_at + row_hi - row_lo]
+            for (col_lo, col_hi), col_at in zip(self._cols.spans, self._cols.offsets, strict=True):
+                target[:, col_at:col_at + col_hi - col_lo] = band[:, col_lo:col_hi]
+        self._grey = self.to_grey(gathered)
+
+    def grey(self, rows: tuple[int, int], cols: tuple[int, int]) -> FloatArray:
+        """Grey levels of ``base[rows[0]:rows[1], cols[0]:cols[1]]`` (a prepared rectangle)."""
+        assert self._grey is not None
+        top, left = self._rows.locate(rows), self._cols.locate(cols)
+        return self._grey[top:top + rows[1] - rows[0], left:left + cols[1] - cols[0]]
+
+
+class _Intervals:
+    """Merged integer intervals [lo, hi) and where each lies once packed end to end."""
+
+    def __init__(self, intervals: list[tuple[int, int]]) -> None:
+        self.spans: list[tuple[int, int]] = []
+        for lo, hi in sorted(intervals):
+            if self.spans and lo <= self.spans[-1][1]:
+                self.spans[-1] = (self.spans[-1][0], max(self.spans[-1][1], hi))
+            else:
+                self.spans.append((lo, hi))
+        lengths = [hi - lo for lo, hi in self.spans]
+        self.offsets = [sum(lengths[:k]) for k in range(len(lengths))]
+        self.total = sum(lengths)
+        self._starts = [lo for lo, _ in self.spans]
+
+    def locate(self, interval: tuple[int, int]) -> int:
+        """Packed position of ``interval`` (which lies inside one of the spans)."""
+        k = bisect.bisect_right(self._starts, interval[0]) - 1
+        return self.offsets[k] + interval[0] - self.spans[k][0]
+
+
+class _View:
+    """The input turned by one symmetry: ``flips(swap(base))`` of its source's base.
+
+    Takes and returns the view's coordinates; reads through the source."""
+
+    def __init__(self, source: _Source, swap: bool, flip_rows: bool, flip_cols: bool) -> None:
+        self.source = source
+        self.swap, self.flip_rows, self.flip_cols = swap, flip_rows, flip_cols
+        height, width = source.base.shape[:2]
+        self.shape = (width, height) if swap else (height, width)
+
+    def base_rect(self, rows: tuple[int, int],
+                  cols: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+        """The base rectangle ``[rows, cols]`` of the view shows (turned)."""
         height, width = self.shape
         if self.flip_rows:
             rows = (height - rows[1], height - rows[0])
         if self.flip_cols:
             cols = (width - cols[1], width - cols[0])
-        if self.swap:
-            rows, cols = cols, rows
-        return self.base[rows[0]:rows[1], cols[0]:cols[1]]
+        return (cols, rows) if self.swap else (rows, cols)
 
-    def _turn(self, values: FloatArray, axes: tuple[int, int]) -> FloatArray:
-        """Grey levels of base blocks (along ``axes``) as the image shows them."""
-        if self.swap:
-            values = values.swapaxes(*axes)
-        flips = tuple(axis for axis, flip in zip(axes, (self.flip_rows, self.flip_cols),
-                                                 strict=True) if flip)
-        return np.flip(values, flips) if flips else values
-
-    def _grey(self, values: npt.NDArray[np.generic]) -> FloatArray:
-        if self.is_rgb:
-            return _rgb_to_grey(values.astype(np.uint8, copy=False))
-        return values.astype(np.float64, copy=False)
-
-    def grey_blocks(self, rows: list[int], cols: list[int], size: int) -> FloatArray:
-        """Grey levels of the ``size`` x ``size`` squares at (rows[i], cols[j]) (their
-        top-left corners): C-contiguous, shape ``(len(rows), len(cols), size, size)``.
-
-        The squares are copied from the base as they lie in memory, converted to grey,
-        then turned as floats (turning 3-byte pixels costs numpy far more)."""
-        blocks = np.empty((len(rows), len(cols), size, size) + self.base.shape[2:], self.base.dtype)
-        for i, top in enumerate(rows):
-            for j, left in enumerate(cols):
-                blocks[i, j] = self._base_block((top, top + size), (left, left + size))
-        return np.ascontiguousarray(self._turn(self._grey(blocks), (2, 3)))
-
-    def grey_window(self, rows: tuple[int, int], cols: tuple[int, int]) -> FloatArray:
-        """Grey levels of ``[rows[0]:rows[1], cols[0]:cols[1]]``, as a strided view (one
-        spare column), laid out like image-match's slice of its whole grey image."""
-        height, width = rows[1] - rows[0], cols[1] - cols[0]
-        strided = np.empty((height, width + 1))
-        block = np.ascontiguousarray(self._base_block(rows, cols))
-        strided[:, :width] = self._turn(self._grey(block), (0, 1))
-        return strided[:, :width]
+    def turn(self, values: FloatArray) -> FloatArray:
+        """Values of a base rectangle (last two axes) as the view shows them."""
+        return _apply_turn(values, self.swap, self.flip_rows, self.flip_cols, axes=(-2, -1))
 
     def line_is_flat(self, axis: int, index: int) -> bool:
-        """Whether row (``axis=0``) or column (``axis=1``) ``index`` has one grey level."""
-        height, width = self.shape
-        line = (self._base_block((index, index + 1), (0, width)) if axis == 0
-                else self._base_block((0, height), (index, index + 1)))
-        # As one row of pixels (order does not matter here): a column of width 1 would
-        # take another BLAS path.
-        grey = self._grey(np.ascontiguousarray(line).reshape((1, -1) + line.shape[2:]))
-        return bool(np.all(grey == grey.flat[0]))
+        """Whether view row (``axis=0``) or column (``axis=1``) ``index`` is one grey level."""
+        size = self.shape[axis]
+        if (self.flip_rows, self.flip_cols)[axis]:
+            index = size - 1 - index
+        return self.source.line_is_flat(1 - axis if self.swap else axis, index)
+
+
+def _apply_turn(values: npt.NDArray[np.generic], swap: bool, flip_rows: bool, flip_cols: bool,
+                axes: tuple[int, int] = (0, 1)) -> npt.NDArray[np.generic]:
+    """``values`` with ``axes`` swapped (if ``swap``), then reversed along them."""
+    if swap:
+        values = values.swapaxes(*axes)
+    flips = tuple(axis for axis, flip in zip(axes, (flip_rows, flip_cols), strict=True) if flip)
+    return np.flip(values, flips) if flips else values
 
 
 def _unturn(array: npt.NDArray[np.generic]) -> tuple[npt.NDArray[np.generic], bool, bool, bool]:
@@ -309,6 +382,9 @@ def _unturn(array: npt.NDArray[np.generic]) -> tuple[npt.NDArray[np.generic], bo
     return (base.swapaxes(0, 1) if swap else base), swap, flip_rows, flip_cols
 
 
+_PROBE = np.arange(4).reshape(2, 2)
+
+
 def _rgb_to_grey(rgb: npt.NDArray[np.uint8]) -> FloatArray:
     """skimage ``rgb2gray`` of uint8 RGB, operation for operation (``img_as_float``
     multiplies by ``1 / 255``; the weights are applied with ``@``)."""
@@ -316,17 +392,41 @@ def _rgb_to_grey(rgb: npt.NDArray[np.uint8]) -> FloatArray:
     return result
 
 
-def _signature(pixels: _Pixels) -> Signature:
-    """image-match's ``generate_signature`` steps 2-5 on ``pixels``."""
-    height, width = pixels.shape
-    flat_row = functools.partial(pixels.line_is_flat, 0)
-    flat_col = functools.partial(pixels.line_is_flat, 1)
-    top, bottom = _crop(height, flat_row)
-    left, right = _crop(width, flat_col)
+class _Plan(NamedTuple):
+    """Where one view's signature reads: its P x P squares (image-match's windows)."""
+
+    row_windows: list[tuple[int, int]]
+    col_windows: list[tuple[int, int]]
+    size: int
+
+
+def _signatures(image: ImageArray,
+                transforms: list[Callable[[ImageArray], ImageArray]]) -> list[Signature]:
+    """image-match's ``generate_signature`` steps 2-5 for each transform of ``image``.
+
+    Every view is planned first (crop, grid, squares); the grey levels of all the
+    squares are then computed once (the views' squares overlap in memory), and each
+    view's means read them.
+    """
+    source = _Source(image)
+    views = [source.view(transform) for transform in transforms]
+    plans = [_plan(view) for view in views]
+    source.prepare([view.base_rect(rows, cols) for view, plan in zip(views, plans, strict=True)
+                    for rows in plan.row_windows for cols in plan.col_windows])
+    return [_normalize_and_threshold(_differentials(_mean_levels(view, plan)))
+            for view, plan in zip(views, plans, strict=True)]
+
+
+def _plan(view: _View) -> _Plan:
+    """image-match's crop, grid and window arithmetic for one view."""
+    height, width = view.shape
+    top, bottom = _crop(height, functools.partial(view.line_is_flat, 0))
+    left, right = _crop(width, functools.partial(view.line_is_flat, 1))
     x_coords = np.linspace(top, bottom, GRID_SIZE + 2, dtype=int)[1:-1]
     y_coords = np.linspace(left, right, GRID_SIZE + 2, dtype=int)[1:-1]
-    means = _mean_levels(pixels, x_coords, y_coords)
-    return _normalize_and_threshold(_differentials(means))
+    p = max(2.0, int(0.5 + min(height, width) / 20.0))
+    return _Plan([_window(int(x), p, height) for x in x_coords],
+                 [_window(int(y), p, width) for y in y_coords], int(p))
 
 
 def _crop(n: int, is_flat: Callable[[int], bool]) -> tuple[int, int]:
@@ -371,33 +471,35 @@ def _percentile_position(n: int, percentile: int) -> tuple[int, bool]:
     return k, position != k
 
 
-def _mean_levels(pixels: _Pixels, x_coords: npt.NDArray[np.int_],
-                 y_coords: npt.NDArray[np.int_]) -> FloatArray:
-    """image-match's ``compute_mean_level``: the mean grey of the P x P square at each grid
-    point, with its window arithmetic and the very sum ``np.mean`` makes there.
+def _mean_levels(view: _View, plan: _Plan) -> FloatArray:
+    """image-match's ``compute_mean_level``: the mean grey of each P x P square of the
+    plan, the very sum ``np.mean`` makes there.
 
     image-match takes ``np.mean`` of a strided slice of its grey image. numpy sums such a
     slice through a buffer of ``_REDUCE_BUFFER`` elements: a slice that fits is summed
     like its contiguous copy (pairwise summation). So when every square is whole (none
-    clipped by the image border) and fits, the squares are gathered into one contiguous
+    clipped by the image border) and fits, the squares are copied into one contiguous
     ``(81, P * P)`` array and summed in one vectorized reduction; otherwise each mean is
-    ``np.mean`` of a slice laid out like image-match's.
+    ``np.mean`` of a slice laid out like image-match's (a strided view).
     """
-    height, width = pixels.shape
-    p = max(2.0, int(0.5 + min(height, width) / 20.0))
-    row_windows = [_window(int(x), p, height) for x in x_coords]
-    col_windows = [_window(int(y), p, width) for y in y_coords]
-    size = int(p)
-    whole = all(hi - lo == size for lo, hi in row_windows + col_windows)
+    rows_count, cols_count, size = len(plan.row_windows), len(plan.col_windows), plan.size
+    squares = [[view.turn(view.source.grey(*view.base_rect(rows, cols)))
+                for cols in plan.col_windows] for rows in plan.row_windows]
+    whole = all(hi - lo == size for lo, hi in plan.row_windows + plan.col_windows)
     if whole and size * size <= _REDUCE_BUFFER:
-        blocks = pixels.grey_blocks([lo for lo, _ in row_windows], [lo for lo, _ in col_windows], size)
-        sums = np.add.reduce(blocks.reshape(len(row_windows), len(col_windows), size * size), axis=2)
+        blocks = np.empty((rows_count, cols_count, size, size))
+        for i, row in enumerate(squares):
+            for j, square in enumerate(row):
+                blocks[i, j] = square
+        sums = np.add.reduce(blocks.reshape(rows_count, cols_count, size * size), axis=2)
         means: FloatArray = sums / float(size * size)
         return means
-    means = np.empty((len(row_windows), len(col_windows)))
-    for i, rows in enumerate(row_windows):
-        for j, cols in enumerate(col_windows):
-            means[i, j] = np.mean(pixels.grey_window(rows, cols))
+    means = np.empty((rows_count, cols_count))
+    for i, row in enumerate(squares):
+        for j, square in enumerate(row):
+            strided = np.empty((square.shape[0], square.shape[1] + 1))
+            strided[:, :-1] = square
+            means[i, j] = np.mean(strided[:, :-1])
     return means
 
 
