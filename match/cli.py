@@ -33,7 +33,9 @@ import json
 import logging
 import multiprocessing
 import os
+import shutil
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -188,6 +190,9 @@ def serve(host: str | None, port: int | None, workers: int | None, timeout: int 
     SIGTERM shuts down gracefully (workers finish the requests they have, for up to
     30 s); Ctrl-C (SIGINT) stops at once.
     """
+    # Metrics of all workers in one place: prometheus_client's multiprocess mode reads
+    # this variable when it is first imported, which happens in _app() just below.
+    metrics_dir = _metrics_dir()
     app = _app()
     settings = app.config
     bind_host = host or str(settings["MATCH_HOST"])
@@ -201,7 +206,30 @@ def serve(host: str | None, port: int | None, workers: int | None, timeout: int 
     }
     logging.basicConfig(level=str(settings["MATCH_LOG_LEVEL"]).upper(),
                         format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s")
-    _gunicorn(app, options).run()
+    # The access log: match's JSON lines (match.api.observe) on stdout, bare.
+    access = logging.getLogger("match.access")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access.addHandler(handler)
+    access.setLevel(logging.INFO)
+    access.propagate = False
+    try:
+        _gunicorn(app, options).run()
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _metrics_dir() -> str | None:
+    """Set PROMETHEUS_MULTIPROC_DIR to a fresh temporary directory (returned, to remove
+    at exit), unless the operator chose one (kept as is; returns None)."""
+    # Not match.metrics.MULTIPROC_ENV: importing match.metrics would import
+    # prometheus_client before the variable is set, and fix it in per-process mode.
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return None
+    path = tempfile.mkdtemp(prefix="match-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    return path
 
 
 def _gunicorn(app: Flask, options: dict[str, Any]) -> Any:
@@ -217,13 +245,22 @@ def _gunicorn(app: Flask, options: dict[str, Any]) -> Any:
     def worker_exit(server: Any, worker: Any) -> None:
         close_store(app)
 
+    def child_exit(server: Any, worker: Any) -> None:
+        # In the master, for any worker that ended (even SIGKILLed): its metrics files
+        # are marked dead (prometheus_client multiprocess mode).
+        from match.metrics import mark_process_dead
+
+        mark_process_dead(worker.pid)
+
     settings = {
         "worker_class": "sync",
-        "accesslog": "-",
+        # match writes its own JSON access lines (match.api.observe), not gunicorn's.
+        "accesslog": None,
         "errorlog": "-",
         "graceful_timeout": 30,
         "proc_name": "match",
         "worker_exit": worker_exit,
+        "child_exit": child_exit,
         **options,
     }
 

@@ -77,7 +77,7 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 
             drop_index(env["ELASTICSEARCH_URL"], index)
     assert code == 0, log.read_text(errors="replace")[-3000:]
-    assert "POST /add" in log.read_text(errors="replace")  # the access log is on
+    assert '"method": "POST", "path": "/add"' in log.read_text(errors="replace")  # JSON access log on
 
 
 @pytest.fixture(scope="module")
