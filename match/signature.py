@@ -253,10 +253,10 @@ class _Source:
         if self.is_rgb and min(array.shape[:2]) < _SMALL_SIDE:
             array = _rgb_to_grey(np.ascontiguousarray(array))
             self.is_rgb = False
-        self.base, *turn = _unturn(array)
+        self.base, swap, flip_rows, flip_cols = _unturn(array)
         # The input's turn applied to a 2 x 2 probe of distinct values: views are matched
         # against it (see view()).
-        self.probe = _apply_turn(_PROBE, *turn)
+        self.probe = _apply_turn(_PROBE, swap, flip_rows, flip_cols)
         self._flat: dict[tuple[int, int], bool] = {}
         self._grey: FloatArray | None = None
         self._rows = self._cols = _Intervals([])
@@ -353,7 +353,8 @@ class _View:
 
     def turn(self, values: FloatArray) -> FloatArray:
         """Values of a base rectangle (last two axes) as the view shows them."""
-        return _apply_turn(values, self.swap, self.flip_rows, self.flip_cols, axes=(-2, -1))
+        turned = _apply_turn(values, self.swap, self.flip_rows, self.flip_cols, axes=(-2, -1))
+        return np.asarray(turned, dtype=np.float64)  # a view: already float64
 
     def line_is_flat(self, axis: int, index: int) -> bool:
         """Whether view row (``axis=0``) or column (``axis=1``) ``index`` is one grey level."""
