@@ -20,10 +20,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from match import signature as sig
 from match.errors import StoreError, StoreUnavailable
 from match.store import Record, open_store
+from match.store.base import best_matches
 from match.store.local import DATABASE_NAME, SCHEMA_VERSION, LocalStore, _Matrix
-from tests.store.test_contract import paths, random_signature
+from tests.store.test_contract import paths, random_signature, variant
 
 SPAWN = multiprocessing.get_context("spawn")
 
@@ -318,5 +320,24 @@ def test_the_cache_follows_a_random_mix_of_writes(tmp_path: Path) -> None:
         for name, record in stored.items():
             assert record is not None
             slot = matrix.slots[name]
-            assert np.array_equal(matrix.vectors[slot], record.signature)
+            assert np.array_equal(matrix.signatures(np.array([slot]))[0], record.signature)
             assert matrix.norms[slot] == pytest.approx(float(np.linalg.norm(record.signature)))
+
+
+@pytest.mark.parametrize("cutoff", [0.0, 0.1, 0.3, 0.45, 0.6, 1.0])
+def test_the_scan_agrees_with_brute_force(tmp_path: Path, cutoff: float) -> None:
+    # The float32 pass may only admit extra candidates, never lose one: every answer
+    # must equal best_matches over signature.distances of every record.
+    base = random_signature(1)
+    signatures = [variant(base, changes, seed=changes) for changes in range(0, 400, 2)]
+    signatures += [random_signature(1000 + i) for i in range(100)]
+    signatures.append(np.zeros(648, dtype=np.int8))
+    names = [f"{i:03d}.jpg" for i in range(len(signatures))]
+    store = open_local(tmp_path)
+    store.upsert_many(Record(name, signature) for name, signature in zip(names, signatures, strict=True))
+    queries = np.stack([base, variant(base, 50, seed=9), random_signature(5), np.zeros(648, dtype=np.int8)])
+
+    nearest = sig.distances(queries, np.stack(signatures)).min(axis=0)
+    expected = best_matches(names, nearest, [{}] * len(names), 1000, cutoff)
+    got = store.search(queries, size=1000, cutoff=cutoff)
+    assert [(hit.filepath, hit.distance) for hit in got] == [(hit.filepath, hit.distance) for hit in expected]
