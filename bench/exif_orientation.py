@@ -2,6 +2,7 @@
 behind match.image's default (docs/signatures.md quotes its output)::
 
     python -m bench.exif_orientation
+    python -m bench.exif_orientation --smoke     # CI: 3 photos
 
 For every photo of the corpus (``tests/photos.py``) it makes the file a phone writes:
 the pixels stored rotated 90 degrees (orientation tag 6, "rotate 90 cw to display",
@@ -15,6 +16,7 @@ the query against the stored signature).
 
 from __future__ import annotations
 
+import argparse
 import io
 import statistics
 
@@ -36,7 +38,10 @@ def _jpeg(picture: Image.Image, quality: int, exif: Image.Exif | None = None) ->
     return buffer.getvalue()
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny run (CI): 3 photos")
+    args = parser.parse_args(argv)
     exif = Image.Exif()
     exif[ORIENTATION_TAG] = 6
     cases: dict[str, list[float]] = {
@@ -45,7 +50,7 @@ def main() -> int:
         "tag applied, plain search": [],
         "tag applied, 8 orientations": [],
     }
-    paths = photos()
+    paths = photos(3 if args.smoke else None)
     for path in paths:
         upright = Image.open(path).convert("RGB")
         phone = _jpeg(upright.transpose(Image.Transpose.ROTATE_90), 95, exif)

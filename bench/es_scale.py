@@ -1,0 +1,220 @@
+"""Search latency at scale on Elasticsearch: match's query vs TRUEPIC/match's, same index.
+
+Not a test (tests/test_bench_smoke.py only runs ``--smoke``). It needs a running
+Elasticsearch; use a node of your own for the 1M run (it takes a while)::
+
+    ES_PORT=9250 ES_HEAP=4g scripts/elasticsearch.sh start
+    python -m bench.es_scale --url http://127.0.0.1:9250 --sizes 10000 100000 1000000
+
+The index grows: the corpus (:func:`bench.common.scale_signatures`, edited real
+photos) is bulk-loaded with :meth:`ElasticsearchStore.upsert_many` up to each size
+in turn, and at each size the searches below are timed, interleaved query by query
+(so a busy machine slows them alike). Queries are *new* edits of the photos (not in
+the index), signed in their 8 orientations (:func:`match.signature.generate_all`).
+
+Contenders (each includes the Python client round trips and the rerank):
+
+* ``match 1``: ``store.search(one signature)``: one ``_msearch`` with the 63-word
+  ``bool`` and the kNN search, reranked with the exact distance.
+* ``match 8``: ``store.search(8 signatures)``: one ``_msearch`` of 16 searches.
+* ``match words 1`` / ``match words 8``: the same without kNN (``MATCH_ES_KNN=false``).
+* ``anchor 1`` / ``anchor 8``: TRUEPIC/match's query, as image-match 1.1.2's
+  ``SignatureES.search_single_record`` builds it: per orientation, one ``_search``
+  of a ``bool`` ``should`` of 63 ``term`` queries (no ``minimum_should_match``, no
+  ``track_total_hits`` setting), ``size`` 100, ``_source`` without the words, then the
+  distance to each hit in Python; the 8 orientations one request after another, in
+  series. It runs against the same index (the word fields are ``word_0..62``
+  instead of ``simple_word_0..62``, and the signature is read from the base64
+  field instead of a JSON list of 648 numbers, which only makes the anchor faster).
+
+Results are printed as a Markdown table and appended as JSON lines to
+``bench/results/es_scale.jsonl`` (``bench/plot.py`` draws them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import time
+from typing import Any
+
+import numpy as np
+from elasticsearch import Elasticsearch
+
+from bench import common
+from match import signature as sig
+from match.store.base import Record
+from match.store.elasticsearch import WORD_FIELDS, ElasticsearchStore, index_body
+
+
+def anchor_search(client: Elasticsearch, index: str, queries: np.ndarray, size: int = 100,
+                  cutoff: float = sig.DEFAULT_CUTOFF) -> list[tuple[str, float]]:
+    """TRUEPIC/match's (image-match 1.1.2's) search: one request per orientation, in series."""
+    found: dict[str, tuple[str, float]] = {}
+    for query in queries:
+        words = sig.words(query)
+        should = [{"term": {name: str(int(word))}} for name, word in zip(WORD_FIELDS, words, strict=True)]
+        hits = client.search(index=index, query={"bool": {"should": should}}, size=size,
+                             source_excludes=["word_*"], timeout="10s")["hits"]["hits"]
+        if not hits:
+            continue
+        signatures = np.stack([np.frombuffer(base64.b64decode(h["_source"]["signature"]), np.int8)
+                               for h in hits])
+        distances = sig.distances(query, signatures)
+        for hit, distance in zip(hits, distances.tolist(), strict=True):
+            if distance < cutoff and hit["_id"] not in found:
+                found[hit["_id"]] = (hit["_source"]["filepath"], distance)
+    return sorted(found.values(), key=lambda item: item[1])
+
+
+def create_index(client: Elasticsearch, index: str) -> None:
+    """A fresh index with match's mapping, no replica, no refresh while loading."""
+    client.indices.delete(index=index, ignore_unavailable=True)
+    client.indices.create(index=index, **index_body(replicas=0, refresh_interval="-1"))
+
+
+def load(store: ElasticsearchStore, signatures: np.ndarray, start: int, stop: int,
+         chunk: int = 20_000, deadline: float = float("inf")) -> tuple[int, float]:
+    """Bulk-load rows [start, stop) through upsert_many, until ``deadline`` (epoch
+    seconds) at the latest; returns (rows loaded up to, records per second)."""
+    started = time.perf_counter()
+    end = start
+    for offset in range(start, stop, chunk):
+        if time.time() > deadline:
+            print(f"    deadline reached: stopping at {offset:,}", flush=True)
+            break
+        end = min(stop, offset + chunk)
+        store.upsert_many(Record(f"img/{i:07d}.jpg", np.asarray(signatures[i]), {"n": i})
+                          for i in range(offset, end))
+        rate = (end - start) / (time.perf_counter() - started)
+        print(f"    loaded {end:,} ({rate:,.0f} records/s)", flush=True)
+    return end, (end - start) / max(time.perf_counter() - started, 1e-9)
+
+
+def measure(url: str, index: str, queries: list[np.ndarray],
+            candidates: int) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Latency (ms) of every contender for every query, interleaved, and each one's
+    mean CPU ms per query: this process plus the Elasticsearch node when it runs on
+    this machine (a figure a busy machine does not inflate as it does latency)."""
+    match = ElasticsearchStore([url], index=index, replicas=0, timeout=60, candidates=candidates,
+                               num_candidates=2 * candidates)
+    words = ElasticsearchStore([url], index=index, replicas=0, timeout=60, candidates=candidates,
+                               num_candidates=2 * candidates, knn=False)
+    client = Elasticsearch(url, request_timeout=60)
+    contenders = {
+        "match 1": lambda q: match.search(q[:1]),
+        "match 8": lambda q: match.search(q),
+        "match words 1": lambda q: words.search(q[:1]),
+        "match words 8": lambda q: words.search(q),
+        "anchor 1": lambda q: anchor_search(client, index, q[:1]),
+        "anchor 8": lambda q: anchor_search(client, index, q),
+    }
+    for query in queries[:3]:  # warm-up: caches, JIT, connections
+        for function in contenders.values():
+            function(query)
+    latencies: dict[str, list[float]] = {name: [] for name in contenders}
+    cpu: dict[str, float] = dict.fromkeys(contenders, 0.0)
+    node = common.es_pid(url)
+    for query in queries:
+        for name, function in contenders.items():
+            started, client_cpu = time.perf_counter(), time.process_time()
+            node_cpu = common.cpu_seconds(node) if node else 0.0
+            function(query)
+            latencies[name].append((time.perf_counter() - started) * 1000)
+            cpu[name] += (time.process_time() - client_cpu
+                          + (common.cpu_seconds(node) - node_cpu if node else 0.0)) * 1000
+    match.close()
+    words.close()
+    client.close()
+    return latencies, {name: total / len(queries) for name, total in cpu.items()}
+
+
+def index_facts(client: Elasticsearch, index: str) -> dict[str, Any]:
+    """Docs, store bytes per doc and segment count of the index."""
+    stats = client.indices.stats(index=index, metric="store,docs,segments")["indices"][index]["primaries"]
+    docs = stats["docs"]["count"]
+    return {"docs": docs, "bytes_per_doc": stats["store"]["size_in_bytes"] / max(docs, 1),
+            "segments": stats["segments"]["count"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--url", default="http://127.0.0.1:9200")
+    parser.add_argument("--index", default="match-bench-scale")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--queries", type=int, default=200, help="timed queries per size")
+    parser.add_argument("--candidates", type=int, default=100, help="MATCH_ES_CANDIDATES")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the index's documents and load only what is missing")
+    parser.add_argument("--keep", action="store_true", help="do not delete the index at the end")
+    parser.add_argument("--force-merge", type=int, default=0,
+                        help="force-merge to at most this many segments before timing (0: no)")
+    parser.add_argument("--deadline", default="",
+                        help="UTC HH:MM: stop loading then, and time the size reached")
+    parser.add_argument("--smoke", action="store_true", help="tiny run (CI): 300 images, 5 queries")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.sizes, args.queries, args.index = [300], 5, args.index + "-smoke"
+
+    print(f"machine: {common.machine()}")
+    sizes = sorted(args.sizes)
+    signatures = common.scale_signatures(sizes[-1], progress=True)
+    print(f"corpus: {len(signatures):,} signatures; {common.word_stats(signatures[:100_000])}")
+    queries = common.query_signatures(args.queries)
+    client = Elasticsearch(args.url, request_timeout=600)
+    loaded = 0
+    if args.resume and client.indices.exists(index=args.index):
+        client.indices.refresh(index=args.index)
+        loaded = int(client.count(index=args.index)["count"])
+        print(f"resuming: {loaded:,} documents already in {args.index}")
+    else:
+        create_index(client, args.index)
+    store = ElasticsearchStore([args.url], index=args.index, replicas=0, refresh="false", timeout=600)
+    deadline = float("inf")
+    if args.deadline:
+        hours, minutes = (int(part) for part in args.deadline.split(":"))
+        now = time.gmtime()
+        deadline = time.time() + ((hours - now.tm_hour) * 60 + minutes - now.tm_min) * 60 - now.tm_sec
+    rows = []
+    try:
+        for size in sizes:
+            if size > loaded:
+                print(f"  loading {loaded:,} -> {size:,}", flush=True)
+                reached, rate = load(store, signatures, loaded, size, deadline=deadline)
+                print(f"  bulk load: {rate:,.0f} records/s", flush=True)
+                if reached == loaded:
+                    break
+                loaded = reached
+            client.indices.refresh(index=args.index)
+            if args.force_merge:
+                client.indices.forcemerge(index=args.index, max_num_segments=args.force_merge)
+                client.indices.refresh(index=args.index)
+            facts = index_facts(client, args.index)
+            latencies, cpu = measure(args.url, args.index, queries, args.candidates)
+            for name, values in latencies.items():
+                stats = common.summary(values)
+                rows.append([f"{facts['docs']:,}", name, stats["p50"], stats["p99"], stats["qps"], cpu[name]])
+                with open(common.results_dir() / "es_scale.jsonl", "a") as out:
+                    out.write(json.dumps({"backend": "elasticsearch", "n": facts["docs"], "contender": name,
+                                          **stats, "cpu_ms": cpu[name], **facts, "time": time.time(),
+                                          "load": os.getloadavg()[0], "smoke": args.smoke}) + "\n")
+            print(common.table(rows[-len(latencies):], ["N", "contender", "p50 ms", "p99 ms",
+                                                        "queries/s (1 client)", "CPU ms/query"]), flush=True)
+            one, eight = common.summary(latencies["match 8"]), common.summary(latencies["match 1"])
+            anchor = common.summary(latencies["anchor 8"])
+            print(f"  N={facts['docs']:,}: {facts['segments']} segments, {facts['bytes_per_doc']:.0f} B/doc; "
+                  f"match 8/1 orientations p50 ratio {one['p50'] / eight['p50']:.2f}; "
+                  f"anchor 8 / match 8 p50 {anchor['p50'] / one['p50']:.2f}x", flush=True)
+    finally:
+        store.close()
+        if not args.keep:
+            client.indices.delete(index=args.index, ignore_unavailable=True)
+        client.close()
+    print(common.table(rows, ["N", "contender", "p50 ms", "p99 ms", "queries/s (1 client)", "CPU ms/query"]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
