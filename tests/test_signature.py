@@ -178,6 +178,13 @@ def test_any_view_signs_like_its_contiguous_copy(photo_paths: list[Path]) -> Non
                               signature.generate(np.ascontiguousarray(view)))
 
 
+def test_generate_all_of_a_turned_view_equals_that_of_its_copy(photo_paths: list[Path]) -> None:
+    rgb = np.asarray(Image.open(photo_paths[4]).convert("RGB").resize((640, 400)))
+    for view in (np.rot90(rgb), rgb[::-1], rgb.swapaxes(0, 1), np.rot90(rgb, 3)[:, ::-1]):
+        assert np.array_equal(signature.generate_all(view),
+                              signature.generate_all(np.ascontiguousarray(view)))
+
+
 def test_generate_all_row_0_is_generate(corpus: list[tuple[str, bytes, npt.NDArray[np.int8]]]) -> None:
     _name, data, expected = corpus[0]
     assert np.array_equal(signature.generate_all(image.load_rgb(data))[0], expected)
