@@ -125,7 +125,8 @@ def generate_all(image: ImageArray) -> npt.NDArray[np.int8]:
         7    mirror of rot270            TRANSPOSE (flip over the main diagonal)
 
     Each row equals :func:`generate` of a physically transformed copy of the image (the
-    same pixels, moved): the transforms are numpy views of ``image``, never re-decoded.
+    same pixels, moved): the transforms are numpy views of ``image``, never re-decoded,
+    and the grey levels of the squares they read are computed once for all 8.
     Searching with all 8 finds a stored image that was rotated or mirrored (an
     un-rotated phone photo, a flipped meme) -- and conversely.
     """
