@@ -45,9 +45,12 @@ cumulative sums of the absolute grey differences along each row (column) reach t
 5th and 95th percentiles. Those percentiles interpolate between two consecutive
 cumulative sums with a weight that is either exactly 0 or at least 0.05 away from 0
 and 1 (it depends only on the number of lines), and the lines' sums are either exactly
-0 (a line of one grey level) or at least 0.0721/255. So whether the limit falls on a
-line, or on the first (last) of a run of equal cumulative sums, depends only on which
-lines are flat near the percentile position; :func:`_crop_limit` checks just those.
+0 (a line of one grey level) or at least 1 / 2550000 (grey levels are multiples of that
+in exact arithmetic), far above rounding. So whether the limit falls on a line, or on
+the first (last) of a run of equal cumulative sums, depends only on which lines are
+flat near the percentile position; :func:`_crop_limit` checks just those. (The one
+theoretical exception: a line whose only differences are between distinct colours of
+the same exact grey level, which rounding may tell apart by 1e-17.)
 """
 
 from __future__ import annotations
