@@ -152,6 +152,17 @@ def test_borders_and_large_windows_equal_image_match(photo_paths: list[Path]) ->
         assert np.array_equal(signature.generate(pixels), _oracle_quiet(pixels))
 
 
+def test_percentile_weights_are_exact_or_far_from_whole() -> None:
+    """What the lazy crop relies on (match/signature.py's docstring): numpy's 5th and
+    95th percentiles of n sorted values interpolate with a weight of exactly 0 or one
+    well away from 0 and 1. Guards a numpy upgrade."""
+    for n in [*range(1, 3001), *range(3001, 40_001, 97)]:
+        for percentile in signature.CROP_PERCENTILES:
+            position = float(np.percentile(np.arange(n, dtype=np.float64), percentile))
+            weight = position - np.floor(position)
+            assert weight == 0.0 or 0.04 < weight < 0.96, (n, percentile, weight)
+
+
 # --- the 8 orientations --------------------------------------------------------------
 
 
