@@ -163,6 +163,19 @@ def test_percentile_weights_are_exact_or_far_from_whole() -> None:
             assert weight == 0.0 or 0.04 < weight < 0.96, (n, percentile, weight)
 
 
+def test_strided_means_sum_like_contiguous_copies_within_the_buffer() -> None:
+    """The other premise (match/signature.py's _mean_levels): numpy sums a strided P x P
+    slice like its contiguous copy when P * P fits its reduction buffer. Guards a numpy
+    upgrade."""
+    rng = np.random.default_rng(7)
+    image_like = rng.random((200, 230))
+    for size in range(2, 91):
+        for top, left in ((0, 0), (3, 17), (200 - size, 230 - size)):
+            window = image_like[top:top + size, left:left + size]
+            contiguous = np.ascontiguousarray(window).reshape(-1)
+            assert np.mean(window) == np.add.reduce(contiguous) / float(size * size), size
+
+
 # --- the 8 orientations --------------------------------------------------------------
 
 
