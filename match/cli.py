@@ -253,7 +253,10 @@ def _gunicorn(app: Flask, options: dict[str, Any]) -> Any:
         mark_process_dead(worker.pid)
 
     settings = {
-        "worker_class": "sync",
+        # gunicorn's sync worker, answering unparsable requests with the JSON envelope.
+        "worker_class": "match.worker.Worker",
+        # The longest request line gunicorn allows: a 1024-character filepath in a query.
+        "limit_request_line": 8190,
         # match writes its own JSON access lines (match.api.observe), not gunicorn's.
         "accesslog": None,
         "errorlog": "-",
