@@ -31,7 +31,7 @@
 #   ES_JAVA_HOME      JDK to run it with (default: detected, see find_java)
 #   ES_USER           system user that runs ES when the script runs as root (default match-es)
 #   ES_TIMEOUT        seconds a start may take, launch + yellow health (default 180 for
-#                     the single node, 300 for the 3-node cluster: 3 JVMs on 2 cores)
+#                     the single node, 480 for the 3-node cluster: 3 JVMs on 2 cores)
 #   ES_FRESH=1        wipe the single node's data before starting it
 #   ES_EXTRA_SETTINGS extra node settings, space-separated key=value, passed as -E key=value
 #                     (only settings of modules the integ-test zip has: others abort startup)
@@ -653,7 +653,7 @@ main() {
         esac
     done
     case "$nodes" in 1|3) ;; *) die "--nodes must be 1 or 3" ;; esac
-    if [ "$nodes" = 3 ] || [ "${action#node-}" != "$action" ]; then ES_TIMEOUT=${ES_TIMEOUT_USER:-300}; fi
+    if [ "$nodes" = 3 ] || [ "${action#node-}" != "$action" ]; then ES_TIMEOUT=${ES_TIMEOUT_USER:-480}; fi
     case "$action:$nodes" in
         start:1) cmd_start ;;
         start:3) cmd_cluster_start ;;
