@@ -176,6 +176,20 @@ def test_strided_means_sum_like_contiguous_copies_within_the_buffer() -> None:
             assert np.mean(window) == np.add.reduce(contiguous) / float(size * size), size
 
 
+def test_grey_of_a_part_equals_the_part_of_the_grey() -> None:
+    """The third premise: skimage's rgb2gray (a BLAS product per row) gives each pixel
+    the same float wherever it lies, for rows of at least two pixels."""
+    rng = np.random.default_rng(11)
+    rgb = rng.integers(0, 256, (300, 1003, 3), dtype=np.uint8)
+    whole = image.rgb_to_grey(rgb)
+    for _ in range(200):
+        top, left = (int(v) for v in rng.integers(0, 290, 2))
+        height, width = (int(v) for v in rng.integers(2, 10, 2))
+        part = np.ascontiguousarray(rgb[top:top + height, left:left + width * 50])
+        assert np.array_equal(image.rgb_to_grey(part),
+                              whole[top:top + height, left:left + width * 50])
+
+
 # --- the 8 orientations --------------------------------------------------------------
 
 
