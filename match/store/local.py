@@ -399,8 +399,8 @@ class LocalStore(SignatureStore):
                 matrix = self._refresh(connection, state)
                 if matrix.size == 0:
                     return []
-                rows, distances = matrix.scan(queries, cutoff)
-                paths = [matrix.paths[row] for row in rows.tolist()]
+                slots, distances = matrix.scan(queries, cutoff)
+                paths = [matrix.paths[slot] for slot in slots.tolist()]
                 ranked = best_matches(paths, distances, [{}] * len(paths), size, cutoff)
                 metadata = self._metadata(connection, [hit.filepath for hit in ranked])
         return [dataclasses.replace(hit, metadata=metadata[hit.filepath]) for hit in ranked]
