@@ -2,7 +2,8 @@
 
     match crowd server --port 8001 [--data-dir DIR] [--simulate "workers=20,accuracy=0.7"]
     match crowd put NAME URL1 URL2 [--test]     create a task (like PUT on the Tasks API)
-    match crowd batch PAIRS.csv [--truth FILE]  one task per row, all or none (budget)
+    match crowd batch PAIRS.csv                 one task per row, all or none (budget)
+    match crowd truth PAIRS.csv > truth.json    labels for simulated workers (pairs + gold)
     match crowd get NAME                        the task, synced
     match crowd sync [--loop SECONDS]           collect, review, pay, decide, extend, clean up
     match crowd gold add URL1 URL2 LABEL        a known-answer pair
@@ -286,21 +287,12 @@ def _read_pairs(path: str) -> list[tuple[str, str, str, str | None]]:
 
 @crowd.command("batch")
 @click.argument("pairs_csv", type=click.Path(exists=True, dir_okay=False))
-@click.option(
-    "--truth",
-    "truth_path",
-    type=click.Path(dir_okay=False),
-    help="Write the labels (and the gold set) as a truth file for `match crowd server --simulate "
-    "...,truth=FILE`.",
-)
-def batch(pairs_csv: str, truth_path: str | None) -> None:
+def batch(pairs_csv: str) -> None:
     """Create one task per CSV row (name,url1,url2[,label]): all of them or, over budget, none."""
-    from match.crowd import tasks as T
+    from match.crowd.service import _check_input
 
     service = _service()
     rows = _read_pairs(pairs_csv)
-    from match.crowd.service import _check_input
-
     for name, url1, url2, _label in rows:
         try:
             _check_input({"input": {"image1": {"url": url1}, "image2": {"url": url2}}})
@@ -311,11 +303,19 @@ def batch(pairs_csv: str, truth_path: str | None) -> None:
     ]
     created = _run(lambda: service._create_tasks(fresh))
     click.echo(f"{len(created)} task(s) created, {len(rows) - len(fresh)} already there")
-    if truth_path:
-        truth = {T.pair_id("p", a, b): label for _n, a, b, label in rows if label}
-        truth.update({g["gold_id"]: g["label"] for g in service.state.gold()})
-        Path(truth_path).write_text(json.dumps(truth, indent=1), encoding="utf-8")
-        click.echo(f"wrote {truth_path} ({len(truth)} pairs)", err=True)
+
+
+@crowd.command("truth")
+@click.argument("pairs_csv", type=click.Path(exists=True, dir_okay=False))
+def truth(pairs_csv: str) -> None:
+    """Print a truth file for simulated workers (`match crowd server --simulate ...,truth=FILE`):
+    the labels of PAIRS_CSV (name,url1,url2,label) and of the gold set, by form pair id."""
+    from match.crowd import tasks as T
+
+    service = _service()
+    known = {T.pair_id("p", a, b): label for _n, a, b, label in _read_pairs(pairs_csv) if label}
+    known.update({g["gold_id"]: g["label"] for g in service.state.gold()})
+    _echo_json(known)
 
 
 @crowd.command("simulate")
