@@ -76,6 +76,22 @@ _MAGIC = (
     b"\x00\x00\x01\x00",      # ICO
 )
 
+#: The format each magic of _MAGIC (and WebP's RIFF) announces.
+_MAGIC_FORMATS = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"),
+                  (b"GIF89a", "GIF"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"BM", "BMP"),
+                  (b"\x00\x00\x01\x00", "ICO"))
+
+
+def _claimed_format(data: bytes) -> str | None:
+    """The format ``data`` claims by its leading bytes (None: no known magic)."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    for magic, name in _MAGIC_FORMATS:
+        if data.startswith(magic):
+            return name
+    return None
+
+
 #: skimage's rgb2gray weights, applied to ``uint8 / 255`` (``img_as_float``).
 _GREY_WEIGHTS = np.array([0.2125, 0.7154, 0.0721], dtype=np.float64)
 
@@ -169,7 +185,10 @@ def _open(data: bytes, max_pixels: int, max_side: int = 0,
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLarge(f"image too large to decode safely: {exc}") from exc
     except UnidentifiedImageError as exc:
-        if data.startswith(_MAGIC) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP"):
+        claimed = _claimed_format(data)
+        if claimed is not None and claimed not in formats:
+            raise UnsupportedImage(f"{claimed} images are not accepted here ({', '.join(formats)})") from exc
+        if claimed is not None:
             raise InvalidImage("corrupt or truncated image: its header cannot be read") from exc
         raise UnsupportedImage("not an image in a supported format "
                                f"({', '.join(formats)})") from exc
