@@ -262,8 +262,10 @@ class _Source:
         # against it (see view()).
         self.probe = _apply_turn(_PROBE, swap, flip_rows, flip_cols)
         self._flat: dict[tuple[int, int], bool] = {}
-        self._grey: FloatArray | None = None
-        self._rows = self._cols = _Intervals([])
+        #: Grey levels of the prepared rectangles, packed (see prepare()), and where the
+        #: base's rows (intervals[0]) and columns (intervals[1]) lie in it.
+        self.grey = np.empty((0, 0))
+        self.intervals = (_Intervals([]), _Intervals([]))
 
     def view(self, transform: Callable[[ImageArray], ImageArray]) -> _View:
         """``transform`` (a symmetry of the square, as numpy views) of the input."""
@@ -294,23 +296,18 @@ class _Source:
 
     def prepare(self, rects: list[tuple[tuple[int, int], tuple[int, int]]]) -> None:
         """Compute, once, the grey levels of every base rectangle ``(rows, cols)`` the views
-        will read: those of the rows in any of them times the columns in any of them."""
-        self._rows = _Intervals([rows for rows, _ in rects])
-        self._cols = _Intervals([cols for _, cols in rects])
-        gathered = np.empty((self._rows.total, self._cols.total) + self.base.shape[2:],
-                            self.base.dtype)
-        for (row_lo, row_hi), row_at in zip(self._rows.spans, self._rows.offsets, strict=True):
+        will read: those of the rows in any of them times the columns in any of them,
+        packed into :attr:`grey`."""
+        rows = _Intervals([rows for rows, _ in rects])
+        cols = _Intervals([cols for _, cols in rects])
+        gathered = np.empty((rows.total, cols.total) + self.base.shape[2:], self.base.dtype)
+        for (row_lo, row_hi), row_at in zip(rows.spans, rows.offsets, strict=True):
             band = self.base[row_lo:row_hi]
             target = gathered[row_at:row_at + row_hi - row_lo]
-            for (col_lo, col_hi), col_at in zip(self._cols.spans, self._cols.offsets, strict=True):
+            for (col_lo, col_hi), col_at in zip(cols.spans, cols.offsets, strict=True):
                 target[:, col_at:col_at + col_hi - col_lo] = band[:, col_lo:col_hi]
-        self._grey = self.to_grey(gathered)
-
-    def grey(self, rows: tuple[int, int], cols: tuple[int, int]) -> FloatArray:
-        """Grey levels of ``base[rows[0]:rows[1], cols[0]:cols[1]]`` (a prepared rectangle)."""
-        assert self._grey is not None
-        top, left = self._rows.locate(rows), self._cols.locate(cols)
-        return self._grey[top:top + rows[1] - rows[0], left:left + cols[1] - cols[0]]
+        self.grey = self.to_grey(gathered)
+        self.intervals = (rows, cols)
 
 
 class _Intervals:
@@ -355,10 +352,27 @@ class _View:
             cols = (width - cols[1], width - cols[0])
         return (cols, rows) if self.swap else (rows, cols)
 
-    def turn(self, values: FloatArray) -> FloatArray:
-        """Values of a base rectangle (last two axes) as the view shows them."""
-        turned = _apply_turn(values, self.swap, self.flip_rows, self.flip_cols, axes=(-2, -1))
-        return np.asarray(turned, dtype=np.float64)  # a view: already float64
+    def slices(self, windows: list[tuple[int, int]], axis: int) -> list[slice]:
+        """Slices of the source's prepared grey levels showing the view's ``windows``
+        along ``axis`` (0: rows, 1: columns), in the view's order (reversed if flipped)."""
+        size = self.shape[axis]
+        flip = (self.flip_rows, self.flip_cols)[axis]
+        intervals = self.source.intervals[1 - axis if self.swap else axis]
+        result = []
+        for lo, hi in windows:
+            if flip:
+                lo, hi = size - hi, size - lo
+            start = intervals.locate((lo, hi))
+            stop = start + hi - lo
+            result.append(slice(stop - 1, start - 1 if start else None, -1) if flip
+                          else slice(start, stop))
+        return result
+
+    def square(self, rows: slice, cols: slice) -> FloatArray:
+        """Grey levels of the view's window ``rows`` x ``cols`` (slices from :meth:`slices`),
+        as a view of the source's prepared grey levels."""
+        grey = self.source.grey
+        return grey[cols, rows].T if self.swap else grey[rows, cols]
 
     def line_is_flat(self, axis: int, index: int) -> bool:
         """Whether view row (``axis=0``) or column (``axis=1``) ``index`` is one grey level."""
@@ -368,13 +382,11 @@ class _View:
         return self.source.line_is_flat(1 - axis if self.swap else axis, index)
 
 
-def _apply_turn(values: npt.NDArray[np.generic], swap: bool, flip_rows: bool, flip_cols: bool,
-                axes: tuple[int, int] = (0, 1)) -> npt.NDArray[np.generic]:
-    """``values`` with ``axes`` swapped (if ``swap``), then reversed along them."""
-    if swap:
-        values = values.swapaxes(*axes)
-    flips = tuple(axis for axis, flip in zip(axes, (flip_rows, flip_cols), strict=True) if flip)
-    return np.flip(values, flips) if flips else values
+def _apply_turn(values: npt.NDArray[np.generic], swap: bool, flip_rows: bool,
+                flip_cols: bool) -> npt.NDArray[np.generic]:
+    """``values`` with axes 0 and 1 swapped (if ``swap``), then reversed along them."""
+    turned = values.swapaxes(0, 1) if swap else values
+    return turned[::-1 if flip_rows else 1, ::-1 if flip_cols else 1]
 
 
 def _unturn(array: npt.NDArray[np.generic]) -> tuple[npt.NDArray[np.generic], bool, bool, bool]:
@@ -488,20 +500,20 @@ def _mean_levels(view: _View, plan: _Plan) -> FloatArray:
     ``np.mean`` of a slice laid out like image-match's (a strided view).
     """
     rows_count, cols_count, size = len(plan.row_windows), len(plan.col_windows), plan.size
-    squares = [[view.turn(view.source.grey(*view.base_rect(rows, cols)))
-                for cols in plan.col_windows] for rows in plan.row_windows]
+    row_slices, col_slices = view.slices(plan.row_windows, 0), view.slices(plan.col_windows, 1)
     whole = all(hi - lo == size for lo, hi in plan.row_windows + plan.col_windows)
     if whole and size * size <= _REDUCE_BUFFER:
         blocks = np.empty((rows_count, cols_count, size, size))
-        for i, row in enumerate(squares):
-            for j, square in enumerate(row):
-                blocks[i, j] = square
+        for i, rows in enumerate(row_slices):
+            for j, cols in enumerate(col_slices):
+                blocks[i, j] = view.square(rows, cols)
         sums = np.add.reduce(blocks.reshape(rows_count, cols_count, size * size), axis=2)
         means: FloatArray = sums / float(size * size)
         return means
     means = np.empty((rows_count, cols_count))
-    for i, row in enumerate(squares):
-        for j, square in enumerate(row):
+    for i, rows in enumerate(row_slices):
+        for j, cols in enumerate(col_slices):
+            square = view.square(rows, cols)
             strided = np.empty((square.shape[0], square.shape[1] + 1))
             strided[:, :-1] = square
             means[i, j] = np.mean(strided[:, :-1])
