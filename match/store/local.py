@@ -43,10 +43,12 @@ Several processes (gunicorn workers)
 
 Threads and fork
     SQLite connections are opened lazily, one per thread, and belong to the process
-    that opened them: when :func:`os.getpid` changes (gunicorn forks its workers after
-    the app is built) the child starts afresh with new connections, a new lock and an
-    empty cache, and never touches, nor closes, what it inherited. Searches in one
-    process take turns on a lock (the scan itself is multithreaded BLAS).
+    that opened them; building the store leaves none open. SQLite must not carry a
+    connection across ``fork``: when :func:`os.getpid` changes (a store used, then
+    forked) the child starts afresh with new connections, a new lock and an empty
+    cache, and never touches, nor closes, what it inherited. (match's app goes further
+    and opens one store per process, see :func:`match.app.get_store`.) Searches in one
+    process take turns on a lock; the scan itself is multithreaded BLAS.
 """
 
 from __future__ import annotations
@@ -276,7 +278,13 @@ class LocalStore(SignatureStore):
         self._state = _ProcessState(os.getpid())
         self._closed = False
         with _translated():
-            self._initialize(self._connection())
+            # Its own connection, closed at once: a store just built holds no connection,
+            # so a process that builds it and then forks (gunicorn) hands none down.
+            connection = self._open()
+            try:
+                self._initialize(connection)
+            finally:
+                connection.close()
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> LocalStore:
@@ -305,15 +313,19 @@ class LocalStore(SignatureStore):
         state = self._process()
         connection: _Connection | None = getattr(state.local, "connection", None)
         if connection is None:
-            # isolation_level=None: transactions are the explicit BEGIN/COMMIT below.
-            # check_same_thread=False only so close() can close every thread's one.
-            connection = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None,
-                                         check_same_thread=False, factory=_Connection)
-            connection.execute("PRAGMA journal_mode = WAL")
-            connection.execute("PRAGMA synchronous = FULL")
-            state.local.connection = connection
+            connection = state.local.connection = self._open()
             with state.lock:
                 state.connections.add(connection)
+        return connection
+
+    def _open(self) -> _Connection:
+        """A new connection in WAL mode with ``synchronous=FULL`` (see the module docstring)."""
+        # isolation_level=None: transactions are the explicit BEGIN/COMMIT below.
+        # check_same_thread=False only so close() can close every thread's connection.
+        connection = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None,
+                                     check_same_thread=False, factory=_Connection)
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute("PRAGMA synchronous = FULL")
         return connection
 
     @staticmethod

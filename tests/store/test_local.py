@@ -94,6 +94,7 @@ def _forked_child(store: LocalStore) -> None:
 # --- several processes ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_concurrent_adds_of_one_filepath_leave_one_record(tmp_path: Path) -> None:
     store = open_local(tmp_path)
     barrier = SPAWN.Barrier(16)
@@ -225,6 +226,7 @@ def test_restart_keeps_everything(tmp_path: Path) -> None:
 
 def test_sqlite_settings(tmp_path: Path) -> None:
     store = open_local(tmp_path)
+    assert len(store._state.connections) == 0  # a store just built holds no connection
     connection = store._connection()
     assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     assert connection.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
