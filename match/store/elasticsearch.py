@@ -284,6 +284,11 @@ class ElasticsearchStore(SignatureStore):
                     f"elasticsearch {elasticsearch.__versionstr__}: pair client and server majors "
                     f"(pip install 'elasticsearch>=8,<9' for an 8.x cluster; see docs/elasticsearch.md): "
                     f"{exc.message}") from exc
+            if _error_type(exc) in ("index_closed_exception", "cluster_block_exception"):
+                # A closed index, or a block (a read-only index, disk flood stage): the
+                # cluster answers but cannot serve this index now. Retry later (503).
+                raise StoreUnavailable(f"Elasticsearch index {self.index!r} cannot {action} now: "
+                                       f"{_error_type(exc)}") from exc
             if exc.meta.status in (429, 502, 503, 504):
                 raise StoreUnavailable(f"Elasticsearch at {self._where()} could not {action}: "
                                        f"{exc.meta.status} {exc.message}") from exc
