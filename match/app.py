@@ -89,6 +89,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
         app.register_blueprint(web_blueprint)
     # --- end web UI ---
+
+    # --- crowd (match/crowd, docs/crowd.md): the Tasks API and kept images at /crowd/ ---
+    from match.crowd.api import bp as crowd_blueprint
+
+    app.register_blueprint(crowd_blueprint)
+    # --- end crowd ---
     return app
 
 

@@ -85,6 +85,26 @@ def search() -> Response:
                              limit=limit, cutoff=cutoff)
     result: list[Any] = [{"score": m.score, "filepath": m.filepath, "metadata": dict(m.metadata)}
                          for m in matches]
+    # --- crowd verification (match/crowd, docs/crowd.md) ---
+    # verify=true sends the query and its top verify_top matches to workers (it spends
+    # money, so it needs a read-write key); every hit shows its crowd verdict when one exists.
+    from match.crowd.api import search_verdicts, verify_search
+
+    verify_top = fields.integer("verify_top")
+    if fields.boolean("verify", default=False):
+        from match.api.auth import check_request
+
+        check_request("rw")
+        for sent in verify_search(data, matches, verify_top):
+            if "error" in sent:
+                for entry in result:
+                    if entry["filepath"] == sent["filepath"]:
+                        entry["crowd"] = {"error": sent["error"]}
+    verdicts = search_verdicts(data, [m.filepath for m in matches])
+    for entry in result:
+        if entry["filepath"] in verdicts:
+            entry["crowd"] = verdicts[entry["filepath"]]
+    # --- end crowd verification ---
     return respond("search", result)
 
 

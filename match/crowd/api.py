@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
@@ -34,7 +35,7 @@ from werkzeug.exceptions import HTTPException
 from match.crowd.service import CrowdService
 from match.errors import BadRequest, MatchError
 
-__all__ = ["bp", "get_crowd", "verify_search", "search_verdicts"]
+__all__ = ["bp", "ENDPOINT_ROLES", "get_crowd", "verify_search", "search_verdicts"]
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,42 @@ def verify_search(data: bytes, matches: Sequence[Any], top: int | None = None) -
 
 
 def search_verdicts(data: bytes, filepaths: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """The crowd verdicts known for (query, filepath) pairs: ``{filepath: verdict}``."""
+    """The crowd verdicts known for (query, filepath) pairs: ``{filepath: verdict}``.
+
+    Answers ``{}`` without touching anything when the crowd was never used (no
+    ``crowd.sqlite3`` in ``MATCH_DATA_DIR``), so plain searches cost nothing extra.
+    """
+    if (
+        _EXTENSION not in current_app.extensions
+        and not (Path(current_app.config["MATCH_DATA_DIR"]) / "crowd.sqlite3").exists()
+    ):
+        return {}
     return get_crowd().verdicts(data, filepaths)
+
+
+#: The API-key role each crowd endpoint needs when keys are configured (match.api.auth):
+#: anything that can spend money needs a read-write key. ``media`` is open: workers open
+#: those URLs, and the signature in the URL is the guard.
+ENDPOINT_ROLES = {
+    "put_task": "rw",
+    "delete_task": "rw",
+    "add_gold": "rw",
+    "sync": "rw",
+    "get_task": "ro",
+    "list_tasks": "ro",
+    "list_gold": "ro",
+    "report": "ro",
+}
+
+
+@bp.before_request
+def _guard() -> None:
+    name = (request.endpoint or "").rsplit(".", 1)[-1]
+    if name == "media":
+        return
+    from match.api.auth import check_request
+
+    check_request(ENDPOINT_ROLES.get(name, "rw"))  # unknown endpoints fail closed
 
 
 @bp.errorhandler(MatchError)
