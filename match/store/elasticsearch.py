@@ -95,6 +95,9 @@ _MAX_WINDOW = 10_000
 _PIT_KEEP_ALIVE = "1m"
 #: Records per bulk request.
 _BULK_CHUNK = 500
+#: Least seconds allowed per bulk chunk (and the final refresh): indexing 500 vectors
+#: into the HNSW graph of a busy node can take longer than one small request may.
+_BULK_MIN_TIMEOUT = 30.0
 #: Fields search() reads from each candidate's _source.
 _CANDIDATE_SOURCE = ["filepath", "signature", "metadata"]
 
@@ -193,8 +196,8 @@ class ElasticsearchStore(SignatureStore):
     Usage::
 
         store = ElasticsearchStore(["http://127.0.0.1:9200"], index="images")
-        store.upsert(Record("a.jpg", signature.generate(image_bytes)))
-        store.search(signature.generate_all(query_bytes))
+        store.upsert(Record("a.jpg", signature.generate(pixels)))
+        store.search(signature.generate_all(query_pixels))  # 8 orientations, 1 round trip
     """
 
     name = "elasticsearch"
@@ -203,13 +206,11 @@ class ElasticsearchStore(SignatureStore):
                  username: str = "", password: str = "", ca_certs: str = "",
                  timeout: float = 5.0, knn: bool = True, refresh: str = "wait_for",
                  candidates: int = 100, num_candidates: int = 200, shards: int = 1,
-                 replicas: int = 1, vector_index: str = "hnsw", max_retries: int = 2) -> None:
+                 replicas: int = 1, max_retries: int = 2) -> None:
         if not urls:
             raise ValueError("at least one Elasticsearch URL is needed")
         if refresh not in ("wait_for", "true", "false"):
             raise ValueError(f"refresh must be one of wait_for, true, false; got {refresh!r}")
-        if vector_index not in ("hnsw", "flat"):
-            raise ValueError(f"vector_index must be one of hnsw, flat; got {vector_index!r}")
         if not 0 < candidates <= num_candidates <= _MAX_WINDOW:
             raise ValueError(f"need 0 < candidates <= num_candidates <= {_MAX_WINDOW}")
         self.urls = list(urls)
@@ -219,7 +220,7 @@ class ElasticsearchStore(SignatureStore):
         self.refresh = refresh
         self.candidates = candidates
         self.num_candidates = num_candidates
-        self._index_body = index_body(shards=shards, replicas=replicas, vector_index=vector_index)
+        self._index_body = index_body(shards=shards, replicas=replicas)
         options: dict[str, Any] = {
             "request_timeout": timeout,
             "max_retries": max_retries,
@@ -279,9 +280,10 @@ class ElasticsearchStore(SignatureStore):
                 raise StoreUnavailable(f"Elasticsearch index {self.index!r} is missing while "
                                        f"trying to {action}; it is recreated on the next request") from exc
             if _error_type(exc) == "media_type_header_exception":
+                client_version = ".".join(map(str, elasticsearch.VERSION))
                 raise StoreError(
                     f"Elasticsearch at {self._where()} refused the API version of the Python client "
-                    f"elasticsearch {elasticsearch.__versionstr__}: pair client and server majors "
+                    f"elasticsearch {client_version}: pair client and server majors "
                     f"(pip install 'elasticsearch>=8,<9' for an 8.x cluster; see docs/elasticsearch.md): "
                     f"{exc.message}") from exc
             if _error_type(exc) in ("index_closed_exception", "cluster_block_exception"):
@@ -293,7 +295,7 @@ class ElasticsearchStore(SignatureStore):
                 raise StoreUnavailable(f"Elasticsearch at {self._where()} could not {action}: "
                                        f"{exc.meta.status} {exc.message}") from exc
             raise StoreError(f"Elasticsearch refused to {action}: {exc.meta.status} {exc}") from exc
-        except (elastic_transport.TransportError, elasticsearch.TransportError) as exc:
+        except elastic_transport.TransportError as exc:  # connection refused, timeout, TLS
             raise StoreUnavailable(f"Elasticsearch at {self._where()} did not answer while trying to "
                                    f"{action} (timeout {self.timeout:g} s): {exc}") from exc
 
@@ -367,7 +369,8 @@ class ElasticsearchStore(SignatureStore):
         by_id = {document_id(record.filepath): record.filepath for record in records}
         failed: list[str] = []
         with self._translate(f"bulk-add {len(records)} records"):
-            for ok, item in helpers.streaming_bulk(self._client, actions, chunk_size=_BULK_CHUNK,
+            client = self._client.options(request_timeout=max(self.timeout, _BULK_MIN_TIMEOUT))
+            for ok, item in helpers.streaming_bulk(client, actions, chunk_size=_BULK_CHUNK,
                                                    raise_on_error=False, raise_on_exception=True,
                                                    max_retries=3, initial_backoff=1):
                 if not ok:
@@ -376,7 +379,7 @@ class ElasticsearchStore(SignatureStore):
                     reason = error.get("reason", error) if isinstance(error, dict) else error
                     failed.append(f"{by_id.get(result.get('_id'), result.get('_id'))} ({reason})")
             if self.refresh != "false":
-                self._client.indices.refresh(index=self.index)
+                client.indices.refresh(index=self.index)
         if failed:
             shown = "; ".join(failed[:20]) + (f"; and {len(failed) - 20} more" if len(failed) > 20 else "")
             raise StoreError(f"Elasticsearch did not write {len(failed)} of {len(records)} records: {shown}")

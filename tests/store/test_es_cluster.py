@@ -22,7 +22,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +60,14 @@ def cluster() -> Iterator[list[str]]:
     finally:
         if status.returncode != 0:
             script("stop", "--nodes", "3")
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 120) -> None:
+    """Poll ``condition`` until true; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"no {what} within {timeout:g} s"
+        time.sleep(0.2)
 
 
 def primary_node(url: str, index: str) -> int:
@@ -128,11 +136,12 @@ def test_losing_a_node_loses_no_acknowledged_add(cluster: list[str], tmp_path: P
     for thread in threads:
         thread.start()
     try:
-        time.sleep(5)
+        wait_for(lambda: len(acknowledged) >= 20, "20 adds before the fault")
         before = len(acknowledged)
         script("node-stop", str(victim))
         stopped.set()
-        time.sleep(15)
+        wait_for(lambda: len(acknowledged) >= before + 50 and searches["ok_after_stop"] >= 20,
+                 "50 adds and 20 searches after the fault")
     finally:
         done.set()
         for thread in threads:
@@ -145,8 +154,6 @@ def test_losing_a_node_loses_no_acknowledged_add(cluster: list[str], tmp_path: P
           f"{len(refused)} refused; searches {searches}")
 
     assert unexpected == []
-    assert before > 10 and len(acknowledged) > before + 10, "adds did not go on after the fault"
-    assert searches["ok_after_stop"] > 10, searches
     assert searches["failed"] <= 2, searches
     # Nothing acknowledged is lost: count and read every one (refused adds may or may
     # not have been written, so they only bound the count from above).
