@@ -14,8 +14,9 @@ numpy loads (``--all-cores`` skips both).
 For each size, ``--photos`` real photographs are resized to it and saved at quality 90
 (0.3, 0.8 and 1.9 megapixels by default). Each round times every contender on every
 photo, in turn, so a busy machine slows them alike; it prints the median over
-``--runs`` rounds and the best round (the figure with the least noise from other
-processes). Contenders:
+``--runs`` rounds, the best round (the figure with the least noise from other
+processes), and the median of the ratios taken within each round (the steadiest
+ratio on a busy machine). Contenders:
 
 * ``decode``: Pillow alone, ``Image.open(...).load()`` -- the floor.
 * ``decode+array``: :func:`match.image.load_rgb` (decode, RGB, numpy array).
@@ -125,6 +126,12 @@ def bench_size(width: int, height: int, photo_count: int, runs: int) -> bool:
         for name, seconds in figure.items():
             print(f"{name:<24}{seconds * 1000:>9.2f}{1 / seconds:>11.1f}"
                   f"{figure['image-match'] / seconds:>15.2f}x{seconds / figure['decode']:>10.2f}x")
+    # Ratios within each round, then their median: the steadiest figure on a busy machine.
+    print(f"\n{'per-round ratio, median':<24}{'':>9}{'':>11}{'vs image-match':>16}{'vs decode':>11}")
+    for name, values in times.items():
+        versus_oracle = statistics.median(o / v for o, v in zip(times["image-match"], values, strict=True))
+        versus_decode = statistics.median(v / d for v, d in zip(values, times["decode"], strict=True))
+        print(f"{name:<24}{'':>9}{'':>11}{versus_oracle:>15.2f}x{versus_decode:>10.2f}x")
     return identical
 
 
