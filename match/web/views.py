@@ -54,7 +54,7 @@ from werkzeug.wrappers.response import Response as BaseResponse
 
 from match import service
 from match.app import get_fetcher, get_store
-from match.errors import BadRequest, MatchError, MissingField, PayloadTooLarge
+from match.errors import BadRequest, MatchError, MissingField
 from match.web import csrf, queries, thumbs
 
 __all__ = ["bp", "PAGE_SIZE"]
@@ -88,6 +88,43 @@ def _sid() -> str:
         sid = g.get("web_new_sid") or csrf.new_session_id()
         g.web_new_sid = sid
     return sid
+
+
+#: Endpoints that change the index or spend crowd money: they need a read-write key.
+WRITE_ENDPOINTS = frozenset({"web.add", "web.crowd_verify", "web.crowd_sync"})
+
+
+@bp.before_request
+def _require_key() -> Response | None:
+    """With API keys configured (match.api.auth), the UI asks for one too.
+
+    Browsers can't send ``Authorization: Bearer``, so the UI takes HTTP Basic auth with
+    the API key as the password (any user name): the browser asks once and resends it.
+    Reading pages needs an ``ro`` key; adding, deleting and sending work to the crowd
+    need ``rw``. Without keys the UI is open, as the API is: put both behind your proxy's
+    authentication when the server is reachable by others.
+    """
+    if request.endpoint == "web.static":
+        return None
+    keys = current_app.extensions.get("match.api_keys")
+    if keys is None or not getattr(keys, "enabled", False):
+        return None
+    auth = request.authorization
+    password = auth.password if auth is not None and auth.type == "basic" else None
+    found = keys.lookup(password) if password else None
+    if found is None:
+        response = _message("A key is needed", "This server uses API keys. Sign in with any user name "
+                            "and an API key as the password.", 401)
+        response.headers["WWW-Authenticate"] = 'Basic realm="match", charset="UTF-8"'
+        return response
+    role, label = found
+    g.api_key = label
+    writing = request.endpoint in WRITE_ENDPOINTS or (request.endpoint == "web.delete"
+                                                       and request.method == "POST")
+    if writing and role != "rw":
+        return _message("Read-only key", "Your API key is read-only (ro): adding, deleting and sending "
+                        "work to the crowd need a read-write (rw) key.", 403)
+    return None
 
 
 @bp.context_processor
@@ -137,7 +174,7 @@ def _image(file_field: str, url_field: str) -> bytes:
     """The image of a form: an uploaded file, else the URL (fetched with the API's guards)."""
     files = _files(file_field)
     if files:
-        data = files[0].read()
+        data: bytes = files[0].read()
         if not data:
             raise BadRequest(f"the file chosen for {file_field} is empty")
         return data
@@ -302,10 +339,10 @@ def search_post() -> Response | BaseResponse:
     try:
         form = SearchForm.parse(request.form, checkbox_absent_means_off=True)
         kept = request.form.get("q") or ""
-        if kept and not _files("image") and not (request.form.get("url") or "").strip():
-            # The results page's form with no new image: the same image, new options.
-            if queries.load(_settings(), kept) is not None:
-                return redirect(url_for("web.search", q=kept, **form.query()), code=303)
+        fresh = _files("image") or (request.form.get("url") or "").strip()
+        # The results page's form with no new image: the same image, new options.
+        if kept and not fresh and queries.load(_settings(), kept) is not None:
+            return redirect(url_for("web.search", q=kept, **form.query()), code=303)
         data = _image("image", "url")
     except RequestEntityTooLarge:
         return _page("search.html", 413, form=SearchForm.parse({}, checkbox_absent_means_off=False),
@@ -522,9 +559,9 @@ def crowd_sync() -> Response | BaseResponse:
         summary = get_crowd().sync()
     except MatchError as error:
         return _message("Could not sync with the crowd", _explain(error), error.status)
-    counts = {k: v for k, v in summary.as_dict().items() if isinstance(v, int)}
-    return redirect(url_for("web.crowd", synced=1, **{k: counts.get(k, 0) for k in ("collected", "completed",
-                                                                                     "failed")}), code=303)
+    counts = summary.as_dict()
+    query = {k: str(counts.get(k, 0)) for k in ("collected", "completed", "failed")}
+    return redirect(url_for("web.crowd") + "?" + urlencode({"synced": "1", **query}), code=303)
 
 
 @bp.route("/ui/crowd/media/<key>", methods=["GET"])

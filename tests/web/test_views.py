@@ -1,0 +1,215 @@
+"""The web UI without a browser (Flask's test client): the pages work as plain HTML forms
+(no JavaScript), state-changing forms need the CSRF token, thumbnails follow adds and
+deletes, and the UI leaves the JSON API alone. tests/web/test_browser.py drives the same
+pages in headless Chromium.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from urllib3 import encode_multipart_formdata
+
+from match import config as match_config
+from match.app import create_app
+from match.web import thumbs
+from tests.test_e2e import resized_copy
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Iterator[Flask]:
+    app = create_app({"MATCH_DATA_DIR": str(tmp_path / "data"), "MATCH_STORE": "local",
+                      "MATCH_UI_SECRET": "test-secret-for-csrf", "TESTING": True})
+    yield app
+    from match.app import close_store
+
+    close_store(app)
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+def token(client: FlaskClient, path: str = "/ui/browse") -> str:
+    """The CSRF token of a page's form (the page also sets the session cookie)."""
+    html = client.get(path).get_data(as_text=True)
+    found = re.search(r'name="csrf_token" value="([0-9a-f]{64})"', html)
+    assert found, html[:2000]
+    return found.group(1)
+
+
+def post_form(client: FlaskClient, path: str, fields: list[tuple[str, Any]]) -> Any:
+    """POST multipart/form-data encoded here: Flask's test client spools a large body to a
+    temp file it never closes (a ResourceWarning, an error under filterwarnings=error)."""
+    body, content_type = encode_multipart_formdata(fields)
+    return client.post(path, data=body, content_type=content_type)
+
+
+def upload(client: FlaskClient, photos: list[Path], **fields: Any) -> Any:
+    parts: list[tuple[str, Any]] = [("csrf_token", token(client)), *fields.items()]
+    parts += [("image", (p.name, p.read_bytes(), "image/jpeg")) for p in photos]
+    return post_form(client, "/ui/browse/add", parts)
+
+
+def test_root_redirects_to_the_ui_and_the_api_keeps_its_json_404(client: FlaskClient) -> None:
+    response = client.get("/")
+    assert response.status_code == 302 and response.headers["Location"].endswith("/ui/")
+    missing = client.get("/nope")
+    assert missing.status_code == 404 and missing.get_json()["status"] == "fail"
+    assert client.get("/ping").get_json()["status"] == "ok"
+    page = client.get("/ui/")
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    assert "Content-Security-Policy" in page.headers
+    cookie = client.get("/ui/browse").headers.get("Set-Cookie", "")  # a page with a CSRF form
+    assert "match_ui=" in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie
+
+
+def test_ui_can_be_turned_off(tmp_path: Path) -> None:
+    app = create_app({"MATCH_DATA_DIR": str(tmp_path), "MATCH_STORE": "local", "MATCH_UI": False})
+    client = app.test_client()
+    assert client.get("/ui/").status_code == 404
+    assert client.get("/").get_json()["status"] == "fail"
+
+
+def test_search_without_javascript(client: FlaskClient, photo_paths: list[Path]) -> None:
+    photos = photo_paths[:6]
+    assert upload(client, photos).status_code == 303
+    query = resized_copy(photos[4].read_bytes())
+    posted = post_form(client, "/ui/search", [("image", ("q.jpg", query, "image/jpeg")), ("cutoff", "0.45"),
+                                              ("all", "0"), ("all", "1"), ("limit", "5")])
+    assert posted.status_code == 303  # POST/redirect/GET: the results have a URL
+    location = posted.headers["Location"]
+    assert "q=" in location and "cutoff=0.45" in location and "all=1" in location
+    html = client.get(location).get_data(as_text=True)
+    paths = re.findall(r'<p class="path">([^<]+)</p>', html)
+    assert paths and paths[0] == photos[4].name
+    assert 'src="/ui/thumbs/' in html and "Score <strong>" in html
+    # The same page with the checkbox off (hidden all=0 only) and a new cutoff, no upload.
+    key = re.search(r"q=([0-9a-f]{32})", location).group(1)  # type: ignore[union-attr]
+    again = client.post("/ui/search", data={"q": key, "cutoff": "0.2", "all": "0"})
+    assert again.status_code == 303 and "all=0" in again.headers["Location"]
+    assert "cutoff=0.2" in again.headers["Location"]
+
+
+def test_search_errors_are_shown_on_the_page(client: FlaskClient) -> None:
+    missing = client.post("/ui/search", data={}, content_type="multipart/form-data")
+    assert missing.status_code == 400 and 'role="alert"' in missing.get_data(as_text=True)
+    junk = client.post("/ui/search", data={"image": (io.BytesIO(b"not an image"), "a.jpg")},
+                       content_type="multipart/form-data")
+    assert junk.status_code == 303
+    page = client.get(junk.headers["Location"])
+    assert page.status_code == 415 and page.mimetype == "text/html"
+    expired = client.get("/ui/?q=" + "0" * 32)
+    assert expired.status_code == 404 and "expired" in expired.get_data(as_text=True)
+
+
+def test_state_changing_forms_need_the_csrf_token(client: FlaskClient, photo_paths: list[Path]) -> None:
+    photo = photo_paths[0]
+    part = ("image", (photo.name, photo.read_bytes(), "image/jpeg"))
+    no_token = post_form(client, "/ui/browse/add", [part])
+    assert no_token.status_code == 400
+    assert client.get("/count").get_json()["result"] == [0]
+    assert upload(client, [photo]).status_code == 303
+    forged = client.post("/ui/browse/delete", data={"filepath": photo.name, "csrf_token": "0" * 64})
+    assert forged.status_code == 400
+    for path in ("/ui/crowd/verify", "/ui/crowd/sync"):
+        assert client.post(path, data={}).status_code == 400
+    assert client.get("/count").get_json()["result"] == [1]
+
+
+def test_browse_paginates_and_delete_asks_first(client: FlaskClient, app: Flask,
+                                                photo_paths: list[Path]) -> None:
+    photos = photo_paths[:30]
+    added = upload(client, photos, metadata='{"album": "test"}')
+    assert added.status_code == 303 and "added=30" in added.headers["Location"]
+    first = client.get("/ui/browse").get_data(as_text=True)
+    assert first.count('class="card entry"') == 24 and "Page 1 of 2" in first
+    second = client.get("/ui/browse?page=2").get_data(as_text=True)
+    assert second.count('class="card entry"') == 6
+    victim = photos[0].name
+    listed = app.test_client().get("/list?limit=100").get_json()  # the API answers beside the UI
+    assert victim in listed["result"]
+    confirm = client.get(f"/ui/browse/delete?filepath={victim}&page=1")
+    assert confirm.status_code == 200
+    assert "Delete this image from the index?" in confirm.get_data(as_text=True)
+    assert client.get("/count").get_json()["result"] == [30]  # asking deletes nothing
+    thumb_dir = Path(app.config["MATCH_DATA_DIR"]) / "thumbs"
+    assert len(list(thumb_dir.glob("*.jpg"))) == 30
+    deleted = client.post("/ui/browse/delete", data={"filepath": victim, "page": "1",
+                                                     "csrf_token": token(client)})
+    assert deleted.status_code == 303 and "deleted=" in deleted.headers["Location"]
+    assert client.get("/count").get_json()["result"] == [29]
+    assert len(list(thumb_dir.glob("*.jpg"))) == 29  # its thumbnail went with it
+    assert "Deleted <code>" in client.get(deleted.headers["Location"]).get_data(as_text=True)
+
+
+def test_thumbnails_are_small_jpegs_and_optional(tmp_path: Path, photo_paths: list[Path]) -> None:
+    from PIL import Image
+
+    from match import service
+    from match.store import open_store
+
+    settings = {"MATCH_DATA_DIR": str(tmp_path), "MATCH_THUMBNAILS": True, "MATCH_THUMBNAIL_SIZE": 256}
+    data = photo_paths[0].read_bytes()
+    path = thumbs.save(settings, data)
+    assert path is not None
+    with Image.open(path) as image:
+        assert image.format == "JPEG" and max(image.size) == 256
+    assert path.stat().st_size < 40_000
+    assert thumbs.save({**settings, "MATCH_THUMBNAILS": False}, b"x") is None
+    assert thumbs.save(settings, b"not an image") is None  # never raises
+    full = match_config.load({"MATCH_DATA_DIR": str(tmp_path / "d"), "MATCH_STORE": "local",
+                              "MATCH_THUMBNAILS": False}, environ={})
+    with open_store(full) as store:
+        service.add(store, full, filepath="a", data=data)
+    assert not (tmp_path / "d" / "thumbs").exists()
+
+
+def test_compare_page(client: FlaskClient, photo_paths: list[Path]) -> None:
+    data = photo_paths[3].read_bytes()
+    response = post_form(client, "/ui/compare", [("image1", ("a.jpg", data, "image/jpeg")),
+                                                 ("image2", ("b.jpg", resized_copy(data), "image/jpeg"))])
+    html = response.get_data(as_text=True)
+    assert response.status_code == 200
+    score = float(re.search(r"data-score>([0-9.]+)<", html).group(1))  # type: ignore[union-attr]
+    assert score > 55 and "the same image" in html and html.count("data:image/jpeg;base64,") == 2
+
+
+def test_crowd_dashboard_renders_empty(client: FlaskClient) -> None:
+    page = client.get("/ui/crowd")
+    html = page.get_data(as_text=True)
+    assert page.status_code == 200 and "No crowd tasks yet" in html and "<svg" in html
+
+
+def test_with_api_keys_the_ui_asks_for_one(tmp_path: Path) -> None:
+    import base64
+
+    app = create_app({"MATCH_DATA_DIR": str(tmp_path), "MATCH_STORE": "local", "TESTING": True})
+    class Keys:
+        enabled = True
+
+        def lookup(self, presented: str) -> tuple[str, str] | None:
+            known = {"read-only-key-0000": ("ro", "key#1"), "read-write-key-000": ("rw", "key#2")}
+            return known.get(presented)
+
+    app.extensions["match.api_keys"] = Keys()
+    client = app.test_client()
+
+    def basic(key: str) -> dict[str, str]:
+        return {"Authorization": "Basic " + base64.b64encode(f"me:{key}".encode()).decode()}
+
+    assert client.get("/ui/").status_code == 401
+    assert client.get("/ui/").headers["WWW-Authenticate"].startswith("Basic")
+    with client.get("/ui/static/match.css") as css:
+        assert css.status_code == 200
+    assert client.get("/ui/", headers=basic("read-only-key-0000")).status_code == 200
+    assert client.post("/ui/browse/add", headers=basic("read-only-key-0000")).status_code == 403
+    assert client.post("/ui/browse/add", headers=basic("read-write-key-000")).status_code == 400  # no CSRF
