@@ -102,6 +102,8 @@ def _check_queries(signatures: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
         queries = queries[np.newaxis, :]
     if queries.ndim != 2 or queries.shape[1] != sig.SIGNATURE_LENGTH or queries.shape[0] == 0:
         raise ValueError(f"query signatures must have shape (k, {sig.SIGNATURE_LENGTH}) with k >= 1")
+    if queries.dtype.kind not in "iu" or queries.min() < -2 or queries.max() > 2:
+        raise ValueError("query signatures must be integers in -2..2 (match.signature.generate)")
     return queries.astype(np.int8, copy=False)
 
 
