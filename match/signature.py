@@ -73,6 +73,7 @@ __all__ = [
     "generate",
     "generate_all",
     "norms",
+    "symmetries",
     "words",
 ]
 
@@ -344,7 +345,7 @@ class _View:
 
     def base_rect(self, rows: tuple[int, int],
                   cols: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
-        """The base rectangle ``[rows, cols]`` of the view shows (turned)."""
+        """The base rectangle that the view's ``[rows, cols]`` shows (turned)."""
         height, width = self.shape
         if self.flip_rows:
             rows = (height - rows[1], height - rows[0])
