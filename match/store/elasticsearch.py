@@ -467,7 +467,9 @@ class ElasticsearchStore(SignatureStore):
                 if missing:
                     self._ready = False  # recreated on the next call
                 message = f"Elasticsearch search failed: {status} {error}"
-                if missing or status in (429, 502, 503, 504):
+                blocked = isinstance(error, dict) and error.get("type") in ("index_closed_exception",
+                                                                            "cluster_block_exception")
+                if missing or blocked or status in (429, 502, 503, 504):
                     raise StoreUnavailable(message)
                 raise StoreError(message)
             for hit in result.get("hits", {}).get("hits", []):
