@@ -70,7 +70,7 @@ def drop_index(url: str, index: str) -> None:
         urllib.request.urlopen(request, timeout=30).close()
 
 
-def _wait_until_up(server: Server, timeout: float) -> None:
+def _wait_until_up(server: Server, timeout: float, workers: int = 1) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
@@ -78,7 +78,7 @@ def _wait_until_up(server: Server, timeout: float) -> None:
                                f"{server.log_text()[-3000:]}")
         try:
             with urllib.request.urlopen(server.url + "/ping", timeout=2) as response:
-                if response.status == 200 and len(worker_pids(server.process.pid)) >= 1:
+                if response.status == 200 and len(worker_pids(server.process.pid)) >= workers:
                     return
         except OSError:
             pass
@@ -111,7 +111,7 @@ def serve(store: str = "local", *, workers: int = 4, es_url: str | None = None, 
                 env=env, cwd=directory, stdout=output, stderr=subprocess.STDOUT)
         server = Server(f"http://127.0.0.1:{port}", process, log, env)
         try:
-            _wait_until_up(server, 60)
+            _wait_until_up(server, 60, workers)
             yield server
         finally:
             if process.poll() is None:

@@ -213,10 +213,13 @@ def serve(host: str | None, port: int | None, workers: int | None, timeout: int 
     access.addHandler(handler)
     access.setLevel(logging.INFO)
     access.propagate = False
+    master = os.getpid()
     try:
         _gunicorn(app, options).run()
     finally:
-        if metrics_dir is not None:
+        # Workers leave through SystemExit too, up this same (forked) stack: only the
+        # master, once every worker is gone, removes the directory.
+        if metrics_dir is not None and os.getpid() == master:
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
