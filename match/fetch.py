@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -186,7 +187,7 @@ class Fetcher:
         deadline = time.monotonic() + self.timeout * DEADLINE_FACTOR
         current = url
         for _hop in range(MAX_REDIRECTS + 1):
-            target = self._target(current, field)
+            target = self._target(current, field, deadline)
             location = self._get(target, current, field, deadline)
             if isinstance(location, bytes):
                 return location
@@ -195,7 +196,7 @@ class Fetcher:
 
     # --- steps -----------------------------------------------------------------
 
-    def _target(self, url: str, field: str) -> _Target:
+    def _target(self, url: str, field: str, deadline: float | None = None) -> _Target:
         """Parse ``url`` and pick a checked address to connect to (steps 1 and 2)."""
         try:
             parsed = parse_url(url.strip())
@@ -214,12 +215,12 @@ class Fetcher:
         port = parsed.port if parsed.port is not None else (443 if scheme == "https" else 80)
         if not 0 < port < 65536:
             raise BadRequest(f"{field}: port {port} is not a valid TCP port")
-        address = self._resolve(host, port, field)
+        address = self._resolve(host, port, field, deadline)
         return _Target(scheme, host, address, port, parsed.request_uri)
 
-    def _resolve(self, host: str, port: int, field: str) -> str:
+    def _resolve(self, host: str, port: int, field: str, deadline: float | None = None) -> str:
         try:
-            answers = self.resolver(host, port)
+            answers = self._answers(host, port, field, deadline)
         except socket.gaierror as exc:
             if exc.errno in _NO_SUCH_HOST:
                 # The client named a host that does not exist: its mistake, not an outage.
@@ -244,6 +245,29 @@ class Fetcher:
         raise BadRequest(f"{field}: host {host!r} resolves to a non-public address "
                          f"({', '.join(sorted(set(refused)))}), which match does not fetch; "
                          "an operator may allow it with MATCH_FETCH_ALLOW_NETWORKS")
+
+    def _answers(self, host: str, port: int, field: str, deadline: float | None) -> Sequence[str]:
+        """The resolver's answer, within the fetch's deadline: getaddrinfo itself has no
+        timeout, and a name server that never answers must not hold a worker longer."""
+        remaining = self.timeout if deadline is None else deadline - time.monotonic()
+        if remaining <= 0:
+            raise FetchTimeout(f"{field}: resolving {host!r} took too long")
+        outcome: list[Sequence[str] | BaseException] = []
+
+        def resolve() -> None:
+            try:
+                outcome.append(self.resolver(host, port))
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+                outcome.append(exc)
+
+        thread = threading.Thread(target=resolve, name=f"resolve {host}", daemon=True)
+        thread.start()
+        thread.join(min(remaining, self.timeout))
+        if not outcome:
+            raise FetchTimeout(f"{field}: resolving {host!r} timed out")
+        if isinstance(outcome[0], BaseException):
+            raise outcome[0]
+        return outcome[0]
 
     def _pool(self, target: _Target, read_timeout: float) -> urllib3.HTTPConnectionPool:
         timeout = urllib3.Timeout(connect=min(self.timeout, read_timeout), read=read_timeout)

@@ -84,6 +84,11 @@ def render(error: BaseException) -> Response:
                         type(error).__name__, message, exc_info=status == 500)
         if isinstance(error, StoreError):
             metrics.store_error(type(error).__name__)
+            # The details (cluster URLs, index names, backend errors) are for the log;
+            # the client learns what happened and what to do.
+            message = (f"the store is unavailable; retry in {RETRY_AFTER} s"
+                       if isinstance(error, StoreUnavailable)
+                       else "the store failed; the server log has the details")
         if isinstance(error, StoreUnavailable):
             headers["Retry-After"] = str(RETRY_AFTER)
         if isinstance(error, Unauthorized):

@@ -198,3 +198,19 @@ def test_the_default_app_refuses_loopback_and_the_allowlist_opens_it(tmp_path: P
             assert response.status_code == status, response.json
         finally:
             close_store(app)
+
+
+def test_a_resolver_that_never_answers_times_out() -> None:
+    """getaddrinfo has no timeout of its own: the fetch deadline bounds it (504)."""
+    import time
+
+    from match.errors import FetchTimeout
+
+    def stuck(host: str, port: int) -> list[str]:
+        time.sleep(10)
+        return ["8.8.8.8"]
+
+    started = time.monotonic()
+    with pytest.raises(FetchTimeout, match="resolving"):
+        Fetcher(timeout=0.5, max_bytes=UPLOAD_LIMIT, resolver=stuck).fetch("http://slow-dns.example.com/a.jpg")
+    assert time.monotonic() - started < 2.0
