@@ -9,6 +9,7 @@ acknowledged and searching the same bytes finds it at score 100.
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
 import zlib
@@ -43,6 +44,7 @@ def encoded(image: Image.Image, fmt: str, **options: object) -> bytes:
     return buffer.getvalue()
 
 
+@functools.cache
 def gif_frames(frames: int) -> bytes:
     """An animated GIF: a first frame with structure (a flat image has no signature to
     find), then ``frames - 1`` tiny flat frames."""
