@@ -23,7 +23,7 @@ setup(
     # Why each dependency is here: README.md, "Dependencies".
     install_requires=[
         "numpy>=1.26,<3",
-        "Pillow>=10.3,<13",
+        "Pillow>=10.3,<14",
         "Flask>=3.0,<4",
         "gunicorn>=22,<24",
         "click>=8.1,<9",
