@@ -70,7 +70,7 @@ PAGE_SIZE = 24
 MAX_RESULTS = 50
 #: Content-Security-Policy of every UI page: nothing from elsewhere but images
 #: (a match's source URL is shown when there is no thumbnail).
-CSP = ("default-src 'self'; img-src 'self' data: http: https:; style-src 'self'; script-src 'self'; "
+CSP = ("default-src 'self'; img-src 'self' data: blob: http: https:; style-src 'self'; script-src 'self'; "
        "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
 
 
