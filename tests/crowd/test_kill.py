@@ -64,7 +64,7 @@ def test_sigkill_mid_sync_then_rerun_pays_once(harness: CrowdHarness) -> None:
             "image-similarity", f"k{i}", {"input": {"image1": {"url": url1}, "image2": {"url": url2}}}
         )
     kills = 0
-    for delay in (0.9, 1.2, 1.5, 1.8):
+    for delay in (0.7, 1.0, 1.3):
         harness.work()
         process = subprocess.Popen(
             [sys.executable, "-m", "match", "crowd", "sync"],
