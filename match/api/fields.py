@@ -66,7 +66,14 @@ class Fields:
                                  '{"url": "https://...", "filepath": "..."}')
             return cls(data, {}, is_json=True)
         # request.values is the query string plus (for non-GET) the form body.
-        return cls(request.values.to_dict(flat=True), request.files.to_dict(flat=True))
+        fields = cls(request.values.to_dict(flat=True), request.files.to_dict(flat=True))
+        if (request.mimetype == "multipart/form-data" and not request.form and not request.files
+                and request.content_length):
+            # werkzeug drops parts it cannot read (no Content-Disposition, a bad boundary):
+            # a body that is all such parts is malformed, not empty.
+            raise BadRequest("the multipart/form-data body has no readable field; check its boundary "
+                             "and each part's Content-Disposition")
+        return fields
 
     def raw(self, name: str) -> Any:
         """The value as sent (a string from a form; any JSON value from JSON), or None."""
@@ -94,9 +101,9 @@ class Fields:
         raise BadRequest(f"{name} must be a boolean (true/false, 1/0, yes/no), got {value!r}")
 
     def integer(self, name: str) -> int | None:
-        """An integer written in decimal digits, or None when absent (or empty)."""
+        """An integer written in decimal digits, or None when absent (an empty value is a 400)."""
         value = self._values.get(name)
-        if value is None or value == "":
+        if value is None:
             return None
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -105,9 +112,9 @@ class Fields:
         raise BadRequest(f"{name} must be an integer, got {value!r}")
 
     def number(self, name: str) -> float | None:
-        """A finite number, or None when absent (or empty)."""
+        """A finite number, or None when absent (an empty value is a 400)."""
         value = self._values.get(name)
-        if value is None or value == "":
+        if value is None:
             return None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             number = float(value)
