@@ -298,3 +298,26 @@ def test_conflicting_put_raises_conflict(harness: CrowdHarness) -> None:
     harness.service.put_task(FN, "x", body(1))
     with pytest.raises(Conflict):
         harness.service.put_task(FN, "x", body(2))
+
+
+def test_growing_past_ten_makes_a_follow_up_hit(make: Any) -> None:
+    """MTurk refuses to grow a HIT made with < 10 assignments to >= 10: a second HIT it is."""
+    harness = make(
+        simulation=SimulationSettings(workers=12, accuracy=0.4, latency=0, seed=3),
+        settings={
+            "MATCH_CROWD_ASSIGNMENTS": 9,
+            "MATCH_CROWD_MAX_ASSIGNMENTS": 11,
+            "MATCH_CROWD_CONFIDENCE": 0.9999,
+            "MATCH_CROWD_MAX_SPREAD": 0.0,
+            "MATCH_CROWD_BUDGET": "100.00",
+        },
+    )
+    label(harness, 1, "similar")
+    harness.service.put_task(FN, "hard", body(1))
+    harness.run()
+    row = harness.service.state.task(FN, "hard")
+    assert row is not None and row["state"] in ("completed", "failed")
+    hits = harness.service.state.hits(task_id=row["id"])
+    assert [h["max_assignments"] for h in hits] == [9, 2]
+    assert len(harness.service.state.assignments(task_id=row["id"])) == 11
+    assert list(harness.service.turk.list_hits()) == []
