@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -153,3 +154,32 @@ def test_search_verify_through_the_match_app(harness: CrowdHarness, photo_paths:
     assert again["crowd"]["state"] == "completed" and again["crowd"]["match"] is True
     report = client.get("/crowd/report")
     assert report.status_code == 200 and b"match crowd report" in report.data
+
+
+def test_cli_calibrate_measures_distances_of_api_pairs(
+    harness: CrowdHarness, photo_paths: list[Path], image_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pairs made through the Tasks API carry no distance: --measure fetches and signs them."""
+    from match.crowd.media import transformed_copy
+
+    for name, value in harness.config.items():
+        if name.startswith("MATCH_CROWD_") or name == "MATCH_DATA_DIR":
+            monkeypatch.setenv(name, value if isinstance(value, str) else json.dumps(value))
+    monkeypatch.setenv("MATCH_FETCH_ALLOW_NETWORKS", "127.0.0.0/8")
+    harness.service.add_gold("http://images.test/g1.jpg", "http://images.test/g2.jpg", "different")
+    for i in range(6):
+        original = photo_paths[10 + i].read_bytes()
+        url1 = image_server.put(f"cal/{i}.jpg", original)
+        same = i % 2 == 0
+        other = transformed_copy(original) if same else photo_paths[40 + i].read_bytes()
+        url2 = image_server.put(f"cal/{i}-other.jpg", other)
+        harness.label(url1, url2, "edited" if same else "different")
+        harness.service.put_task(
+            "image-similarity", f"cal-{i}", {"input": {"image1": {"url": url1}, "image2": {"url": url2}}}
+        )
+    harness.run()
+    result = CliRunner().invoke(crowd, ["calibrate", "--measure", "--json"])
+    assert result.exit_code == 0, result.output
+    fit = json.loads(result.output)
+    assert fit["n"] == 6 and fit["same"] == 3 and fit["accuracy"] == 1.0
+    assert 0.0 < fit["cutoff"] < 0.7
