@@ -192,15 +192,8 @@ def test_crowd_dashboard_renders_empty(client: FlaskClient) -> None:
 def test_with_api_keys_the_ui_asks_for_one(tmp_path: Path) -> None:
     import base64
 
-    app = create_app({"MATCH_DATA_DIR": str(tmp_path), "MATCH_STORE": "local", "TESTING": True})
-    class Keys:
-        enabled = True
-
-        def lookup(self, presented: str) -> tuple[str, str] | None:
-            known = {"read-only-key-0000": ("ro", "key#1"), "read-write-key-000": ("rw", "key#2")}
-            return known.get(presented)
-
-    app.extensions["match.api_keys"] = Keys()
+    app = create_app({"MATCH_DATA_DIR": str(tmp_path), "MATCH_STORE": "local", "TESTING": True,
+                      "MATCH_API_KEYS": "read-only-key-0000:ro,read-write-key-000:rw"})
     client = app.test_client()
 
     def basic(key: str) -> dict[str, str]:
@@ -208,8 +201,12 @@ def test_with_api_keys_the_ui_asks_for_one(tmp_path: Path) -> None:
 
     assert client.get("/ui/").status_code == 401
     assert client.get("/ui/").headers["WWW-Authenticate"].startswith("Basic")
+    assert client.get("/ui/", headers=basic("not-a-key-at-all-00")).status_code == 401
     with client.get("/ui/static/match.css") as css:
         assert css.status_code == 200
     assert client.get("/ui/", headers=basic("read-only-key-0000")).status_code == 200
+    assert client.get("/ui/browse", headers=basic("read-only-key-0000")).status_code == 200
     assert client.post("/ui/browse/add", headers=basic("read-only-key-0000")).status_code == 403
+    assert client.post("/ui/browse/delete", headers=basic("read-only-key-0000")).status_code == 403
     assert client.post("/ui/browse/add", headers=basic("read-write-key-000")).status_code == 400  # no CSRF
+    assert client.get("/count").status_code == 401  # the API itself still wants its header
