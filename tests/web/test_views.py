@@ -18,8 +18,9 @@ from flask.testing import FlaskClient
 from urllib3 import encode_multipart_formdata
 
 from match import config as match_config
-from match.app import create_app
+from match.app import close_store, create_app
 from match.web import thumbs
+from tests.conftest import ImageServer
 from tests.test_e2e import resized_copy
 
 
@@ -28,8 +29,6 @@ def app(tmp_path: Path) -> Iterator[Flask]:
     app = create_app({"MATCH_DATA_DIR": str(tmp_path / "data"), "MATCH_STORE": "local",
                       "MATCH_UI_SECRET": "test-secret-for-csrf", "TESTING": True})
     yield app
-    from match.app import close_store
-
     close_store(app)
 
 
@@ -210,3 +209,20 @@ def test_with_api_keys_the_ui_asks_for_one(tmp_path: Path) -> None:
     assert client.post("/ui/browse/delete", headers=basic("read-only-key-0000")).status_code == 403
     assert client.post("/ui/browse/add", headers=basic("read-write-key-000")).status_code == 400  # no CSRF
     assert client.get("/count").status_code == 401  # the API itself still wants its header
+
+
+def test_search_and_add_by_url(tmp_path: Path, photo_paths: list[Path], image_server: ImageServer) -> None:
+    app = create_app({"MATCH_DATA_DIR": str(tmp_path), "MATCH_STORE": "local", "TESTING": True,
+                      "MATCH_FETCH_ALLOW_NETWORKS": "127.0.0.0/8"})
+    client = app.test_client()
+    data = photo_paths[8].read_bytes()
+    url = image_server.put(f"web-views-{photo_paths[8].name}", data)
+    added = client.post("/ui/browse/add", data={"url": url, "csrf_token": token(client)})
+    assert added.status_code == 303
+    found = client.post("/ui/search", data={"url": url, "all": "1"})
+    assert found.status_code == 303
+    html = client.get(found.headers["Location"]).get_data(as_text=True)
+    assert f'<a href="{url}" rel="noreferrer noopener">{url}</a>' in html  # the filepath links to its source
+    refused = client.post("/ui/search", data={"url": "http://169.254.169.254/latest/meta-data"})
+    assert refused.status_code == 400 and 'role="alert"' in refused.get_data(as_text=True)
+    close_store(app)
