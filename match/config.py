@@ -109,6 +109,16 @@ def _crowd_endpoint(value: str) -> str:
     raise ValueError(f"expected sandbox, production or an http(s) URL of an MTurk-compatible endpoint, got {value!r}")
 
 
+def _int_between(low: int, high: int) -> Callable[[str | int], int]:
+    def parse(value: str | int) -> int:
+        number = int(value)
+        if not low <= number <= high:
+            raise ValueError(f"expected an integer from {low} to {high}, got {value!r}")
+        return number
+
+    return parse
+
+
 def _json_list(value: str | list[Any]) -> list[Any]:
     data = json.loads(value) if isinstance(value, str) else value
     if not isinstance(data, list):
@@ -206,10 +216,10 @@ SETTINGS: tuple[Setting, ...] = (
             "task completes.", _unit_float),
     Setting("MATCH_CROWD_MAX_SPREAD", 0.1, "A task with 3+ counted votes whose scores' standard deviation "
             "is at most this also completes.", _unit_float),
-    Setting("MATCH_CROWD_LIFETIME", 3 * 24 * 3600, "Seconds a HIT stays available; a task still unsure "
-            "then fails with code Expired.", _positive_int),
-    Setting("MATCH_CROWD_ASSIGNMENT_DURATION", 600, "Seconds a worker has to answer once they accept.",
-            _positive_int),
+    Setting("MATCH_CROWD_LIFETIME", 3 * 24 * 3600, "Seconds a HIT stays available (30 to 31536000); a task "
+            "still unsure then fails with code Expired.", _int_between(30, 31_536_000)),
+    Setting("MATCH_CROWD_ASSIGNMENT_DURATION", 600, "Seconds a worker has to answer once they accept "
+            "(30 to 31536000, MTurk's range).", _int_between(30, 31_536_000)),
     Setting("MATCH_CROWD_AUTO_APPROVAL_DELAY", 3 * 24 * 3600, "Seconds after which MTurk approves an "
             "assignment match did not review.", _non_negative_int),
     Setting("MATCH_CROWD_QUALIFICATIONS", [], "QualificationRequirements of the HIT type, as a JSON list in "

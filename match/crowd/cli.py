@@ -398,7 +398,7 @@ def simulate(spec: str, n_pairs: int, pairs_csv: str | None, n_gold: int, seed: 
             truth[gid] = "edited" if i % 2 else "different"
         sim = SimulatedCrowd(store, settings, oracle=lambda key, _html: truth.get(key))
         started = time.time()
-        service._create_tasks([(n, a, b, None, None) for n, a, b, _l in rows])
+        _run(lambda: service._create_tasks([(n, a, b, None, None) for n, a, b, _l in rows]))
         for _ in range(500):
             sim.run_until_idle()
             if settings.latency:
