@@ -233,6 +233,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MATCH_CROWD_BLOCK_MIN_GOLD", 8, "Gold answers needed before a worker can be blocked.", _positive_int),
     Setting("MATCH_CROWD_REJECT_FAILED_GOLD", False, "Reject (unpaid) assignments whose gold answer is wrong; "
             "by default they are approved, their vote is dropped and no bonus is paid.", parse_bool),
+    Setting("MATCH_CROWD_AUTO_REVIEW", True, "Approve or reject each assignment as it is collected. `false`: "
+            "they wait for `match crowd review` (look at `match crowd report --html` first); bonuses and "
+            "notices follow the review, and MTurk approves what is left after the auto-approval delay.",
+            parse_bool),
     Setting("MATCH_CROWD_VERIFY_TOP", 3, "Top matches of a `verify=true` search sent to workers.", _positive_int),
     Setting("MATCH_CROWD_PUBLIC_URL", "", "Base URL at which workers reach this match server, for the images "
             "it keeps and serves (default: http://MATCH_HOST:MATCH_PORT)."),

@@ -6,6 +6,8 @@
     match crowd truth PAIRS.csv > truth.json    labels for simulated workers (pairs + gold)
     match crowd get NAME                        the task, synced
     match crowd sync [--loop SECONDS]           collect, review, pay, decide, extend, clean up
+    match crowd review [--approve ID] [--reject ID --feedback TEXT] [--all]
+                                                decide by hand (MATCH_CROWD_AUTO_REVIEW=false)
     match crowd gold add URL1 URL2 LABEL        a known-answer pair
     match crowd gold generate IMAGE...          generated gold (transformed copies, different images)
     match crowd report [--html FILE] [--png FILE] [--json]
@@ -147,6 +149,57 @@ def sync(interval: float | None) -> None:
             stop.wait(interval)
         except KeyboardInterrupt:
             break
+
+
+@crowd.command("review")
+@click.option("--approve", "approve_ids", multiple=True, metavar="ASSIGNMENT_ID", help="Approve these.")
+@click.option("--reject", "reject_ids", multiple=True, metavar="ASSIGNMENT_ID", help="Reject these.")
+@click.option(
+    "--feedback", default=None, help="Feedback sent with --approve/--reject (default: the gold verdict)."
+)
+@click.option("--all", "decide_all", is_flag=True, help="Decide every pending one by the automatic policy.")
+def review(
+    approve_ids: tuple[str, ...], reject_ids: tuple[str, ...], feedback: str | None, decide_all: bool
+) -> None:
+    """Approve or reject collected work by hand (with MATCH_CROWD_AUTO_REVIEW=false).
+
+    Without options, lists the assignments waiting for a decision; look at the pairs in
+    `match crowd report --html` first. Bonuses and notifications go out on the next sync.
+    """
+    service = _service()
+    if not (approve_ids or reject_ids or decide_all):
+        _echo_json(
+            [
+                {
+                    "assignment_id": a["assignment_id"],
+                    "task_id": a["task_id"],
+                    "worker_id": a["worker_id"],
+                    "label": a["label"],
+                    "gold_label": a["gold_label"],
+                    "gold_answer": a["gold_answer"],
+                    "gold_ok": bool(a["gold_ok"]),
+                }
+                for a in service.pending_reviews()
+            ]
+        )
+        return
+    decisions: list[tuple[str, bool | None]] = []
+    decisions += [(i, True) for i in approve_ids]
+    decisions += [(i, False) for i in reject_ids]
+    if decide_all:
+        chosen = set(approve_ids) | set(reject_ids)
+        decisions += [
+            (a["assignment_id"], None) for a in service.pending_reviews() if a["assignment_id"] not in chosen
+        ]
+    for assignment_id, approve in decisions:
+        note = feedback if approve is not None else None
+        try:
+            verdict = service.review(assignment_id, approve=approve, feedback=note)
+        except BadRequest as exc:
+            raise click.UsageError(exc.message) from exc
+        except MatchError as exc:
+            raise click.ClickException(f"{type(exc).__name__}: {exc.message}") from exc
+        click.echo(f"{assignment_id} {verdict}")
 
 
 @crowd.group("gold")

@@ -91,6 +91,7 @@ class CrowdSettings:
     block_below: float = 0.5
     block_min_gold: int = 8
     reject_failed_gold: bool = False
+    auto_review: bool = True
     title: str = T.DEFAULT_TITLE
     media_ttl: int = 4 * 24 * 3600
 
@@ -122,6 +123,7 @@ class CrowdSettings:
             block_below=float(get("MATCH_CROWD_BLOCK_BELOW", d.block_below)),
             block_min_gold=int(get("MATCH_CROWD_BLOCK_MIN_GOLD", d.block_min_gold)),
             reject_failed_gold=bool(get("MATCH_CROWD_REJECT_FAILED_GOLD", d.reject_failed_gold)),
+            auto_review=bool(get("MATCH_CROWD_AUTO_REVIEW", d.auto_review)),
             title=str(get("MATCH_CROWD_TITLE", d.title)),
             media_ttl=int(get("MATCH_CROWD_MEDIA_TTL", d.media_ttl)),
         )
@@ -858,47 +860,75 @@ class CrowdService:
                     self._fresh_bonuses.add(token)
                 known = self.state.assignment(assignment_id)
             assert known is not None
-            if known["review"] is None:
-                self._review(known, remote.get("AssignmentStatus", "Submitted"))
+            status = remote.get("AssignmentStatus", "Submitted")
+            if known["review"] is None and (self.settings.auto_review or status != "Submitted"):
+                self._review(known, status)
 
-    def _review(self, assignment: Row, status: str) -> None:
-        """Approve or reject (with feedback) a collected assignment; queue its notice."""
+    def _review(
+        self, assignment: Row, status: str, *, approve: bool | None = None, feedback: str | None = None
+    ) -> None:
+        """Approve or reject (with feedback) a collected assignment; queue its notice.
+
+        The policy (``approve=None``): approve complete answers, reject incomplete ones
+        (and wrong gold with MATCH_CROWD_REJECT_FAILED_GOLD); a person reviewing may decide
+        otherwise with ``approve`` and their own ``feedback``.
+        """
         assignment_id = assignment["assignment_id"]
         gold_ok = bool(assignment["gold_ok"])
         complete = assignment["label"] is not None and assignment["gold_answer"] is not None
         reject = not complete or (self.settings.reject_failed_gold and not gold_ok)
-        if gold_ok:
-            feedback = (
-                "Thank you. You answered the check pair right, so your answer counts and a bonus of "
-                f"${T.dollars(self.settings.bonus_cents)} is on its way."
-            )
-        else:
-            feedback = (
-                f'Thank you. The check pair\'s known answer was "{assignment["gold_label"]}", so your '
-                "answer was not counted and no bonus was paid."
-            )
-        if not complete:
-            feedback = "Not every pair was answered, so this assignment was rejected."
+        if approve is not None:
+            reject = not approve
+        if feedback is None:
+            if not complete:
+                feedback = "Not every pair was answered, so this assignment was rejected."
+            elif gold_ok:
+                feedback = (
+                    "Thank you. You answered the check pair right, so your answer counts and a bonus of "
+                    f"${T.dollars(self.settings.bonus_cents)} is on its way."
+                )
+            else:
+                feedback = (
+                    f'Thank you. The check pair\'s known answer was "{assignment["gold_label"]}", so your '
+                    "answer was not counted and no bonus was paid."
+                )
         if status == "Submitted":
             try:
-                if reject:
-                    self.turk.call("RejectAssignment", AssignmentId=assignment_id, RequesterFeedback=feedback)
-                else:
-                    self.turk.call(
-                        "ApproveAssignment", AssignmentId=assignment_id, RequesterFeedback=feedback
-                    )
+                operation = "RejectAssignment" if reject else "ApproveAssignment"
+                self.turk.call(operation, AssignmentId=assignment_id, RequesterFeedback=feedback)
             except TurkRequestError as exc:
                 # Already approved/rejected (auto-approval raced us): read back what it is.
                 remote = self.turk.call("GetAssignment", AssignmentId=assignment_id)["Assignment"]
                 status = remote.get("AssignmentStatus", "")
                 if status == "Submitted":
                     raise exc
+                reject = status == "Rejected"
         else:
             reject = status == "Rejected"
         self.state.set_review(assignment_id, "rejected" if reject else "approved", feedback)
+        if reject and assignment["counted"]:
+            self.state.uncount_assignment(assignment_id)  # a rejected answer is not a vote
         self.state.add_notice(
             assignment["worker_id"], "gold_right" if gold_ok else "gold_wrong", assignment_id
         )
+
+    def pending_reviews(self) -> list[Row]:
+        """Collected assignments nobody approved or rejected yet (MATCH_CROWD_AUTO_REVIEW=false)."""
+        return self.state.assignments(unreviewed=True)
+
+    def review(self, assignment_id: str, *, approve: bool | None = None, feedback: str | None = None) -> str:
+        """A person's decision on one assignment (``approve=None``: the automatic policy);
+        returns "approved" or "rejected". Bonuses and notices follow on the next sync."""
+        with self._lock:
+            assignment = self.state.assignment(assignment_id)
+            if assignment is None:
+                raise NotFound(f"no collected assignment {assignment_id!r}")
+            if assignment["review"] is not None:
+                raise Conflict(f"assignment {assignment_id} was already {assignment['review']}")
+            self._review(assignment, "Submitted", approve=approve, feedback=feedback)
+            reviewed = self.state.assignment(assignment_id)
+            assert reviewed is not None
+            return str(reviewed["review"])
 
     def _pay_bonuses(self, summary: SyncSummary) -> None:
         """SendBonus for every bonus intent not yet paid (checking first it wasn't)."""

@@ -447,6 +447,14 @@ class CrowdState:
             (review, feedback, assignment_id),
         )
 
+    def uncount_assignment(self, assignment_id: str) -> None:
+        """Stop counting one vote (its assignment was rejected) while its task is processing."""
+        self._exec(
+            "UPDATE assignments SET counted = 0 WHERE assignment_id = ? AND task_id IN "
+            "(SELECT id FROM tasks WHERE state = 'processing')",
+            (assignment_id,),
+        )
+
     def uncount_worker(self, worker_id: str) -> None:
         """Stop counting every vote of a (blocked) worker on tasks still processing."""
         self._exec(

@@ -321,3 +321,28 @@ def test_growing_past_ten_makes_a_follow_up_hit(make: Any) -> None:
     assert [h["max_assignments"] for h in hits] == [9, 2]
     assert len(harness.service.state.assignments(task_id=row["id"])) == 11
     assert list(harness.service.turk.list_hits()) == []
+
+
+def test_manual_review_holds_bonuses_until_a_person_decides(make: Any) -> None:
+    harness = make(settings={"MATCH_CROWD_AUTO_REVIEW": False})
+    label(harness, 1, "same")
+    harness.service.put_task(FN, "by-hand", body(1))
+    harness.work()
+    harness.service.sync()
+    pending = harness.service.pending_reviews()
+    assert len(pending) == 3 and not harness.service.state.bonuses(state="paid")
+    first, *rest = pending
+    assert (
+        harness.service.review(first["assignment_id"], approve=False, feedback="Looked wrong to me.")
+        == "rejected"
+    )
+    with pytest.raises(Conflict):
+        harness.service.review(first["assignment_id"], approve=True)
+    for assignment in rest:
+        assert harness.service.review(assignment["assignment_id"]) == "approved"
+    harness.run()
+    remote = harness.turk_call("GetAssignment", AssignmentId=first["assignment_id"])["Assignment"]
+    assert remote["AssignmentStatus"] == "Rejected" and remote["RequesterFeedback"] == "Looked wrong to me."
+    paid = {b["assignment_id"] for b in harness.service.state.bonuses(state="paid")}
+    assert first["assignment_id"] not in paid
+    assert list(harness.service.turk.list_hits()) == []
