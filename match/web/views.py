@@ -5,7 +5,7 @@ URL                     methods    page
 ======================  =========  ==============================================
 /                       GET        redirects to /ui/
 /ui/                    GET        search form; with ``q`` (a kept query) results
-/ui/search              POST       keeps the image, 303 to /ui/?q=...
+/ui/search              POST       search; the image is kept an hour under ``q``
 /ui/compare             GET, POST  two images side by side with their score
 /ui/browse              GET        the index, a page at a time; the add form
 /ui/browse/add          POST       add uploaded images (CSRF)
@@ -258,10 +258,6 @@ class SearchForm:
             all_orientations = flag.lower() in ("1", "on", "true", "yes")
         return cls(round(cutoff, 3), all_orientations, limit, errors)
 
-    def query(self, **extra: Any) -> dict[str, Any]:
-        """The query string of a results page."""
-        return {"cutoff": f"{self.cutoff:g}", "all": "1" if self.all_orientations else "0",
-                "limit": self.limit, **extra}
 
 
 def _hits(matches: list[Any]) -> list[dict[str, Any]]:
@@ -276,21 +272,30 @@ def root() -> BaseResponse:
     return redirect(url_for("web.search"))
 
 
+#: What the page says when a kept query image is gone.
+EXPIRED = ("This search has expired: the server keeps a query image for an hour (each server its "
+           "own). Choose the image again.")
+
+
 @bp.route("/ui/", methods=["GET"])
 def search() -> Response:
     """The search page; with ``q`` (a kept query image) it shows the results."""
     form = SearchForm.parse(request.args, checkbox_absent_means_off=False)
-    context: dict[str, Any] = {"form": form, "key": None, "hits": None, "query_src": None,
-                               "errors": list(form.errors), "verdicts": {}, "notice": _crowd_notice()}
     key = request.args.get("q")
     if not key:
-        return _page("search.html", **context)
+        return _page("search.html", form=form, key=None, hits=None, query_src=None, errors=list(form.errors),
+                     verdicts={}, notice=None)
     data = queries.load(_settings(), key)
     if data is None:
-        context["errors"].append("This search has expired (query images are kept for an hour). "
-                                 "Choose the image again.")
-        return _page("search.html", 404, **context)
-    context.update(key=key, query_src=thumbs.data_uri(data))
+        return _page("search.html", 404, form=form, key=None, hits=None, query_src=None,
+                     errors=[*form.errors, EXPIRED], verdicts={}, notice=None)
+    return _results(form, key, data)
+
+
+def _results(form: SearchForm, key: str, data: bytes, notice: dict[str, int] | None = None) -> Response:
+    """The search page with the results of the kept query image ``key`` (bytes ``data``)."""
+    context: dict[str, Any] = {"form": form, "key": key, "hits": None, "query_src": thumbs.data_uri(data),
+                               "errors": list(form.errors), "verdicts": {}, "notice": notice}
     if form.errors:
         return _page("search.html", 400, **context)
     try:
@@ -302,15 +307,6 @@ def search() -> Response:
     context["hits"] = _hits(matches)
     context["verdicts"] = _verdicts(data, [m.filepath for m in matches])
     return _page("search.html", **context)
-
-
-def _crowd_notice() -> dict[str, int] | None:
-    if "sent" not in request.args:
-        return None
-    try:
-        return {"sent": int(request.args.get("sent", 0)), "skipped": int(request.args.get("skipped", 0))}
-    except ValueError:
-        return None
 
 
 def _verdicts(data: bytes, filepaths: list[str]) -> dict[str, dict[str, Any]]:
@@ -334,24 +330,34 @@ def _explain(error: MatchError) -> str:
 
 
 @bp.route("/ui/search", methods=["POST"])
-def search_post() -> Response | BaseResponse:
-    """Keep the query image and redirect to its results page (POST/redirect/GET)."""
+def search_post() -> Response:
+    """Search with the posted image and show the results.
+
+    The image is kept for an hour under a key (the page's hidden ``q``), so the slider,
+    "search again" and "send to the crowd" need no second upload. The results are
+    rendered here rather than behind a redirect: with several replicas and no shared
+    ``MATCH_DATA_DIR``, the GET after a redirect could reach a server that does not
+    have the image. Reloading re-posts the form, which works on any server.
+    """
+    form = SearchForm.parse({}, checkbox_absent_means_off=False)
     try:
         form = SearchForm.parse(request.form, checkbox_absent_means_off=True)
         kept = request.form.get("q") or ""
-        fresh = _files("image") or (request.form.get("url") or "").strip()
-        # The results page's form with no new image: the same image, new options.
-        if kept and not fresh and queries.load(_settings(), kept) is not None:
-            return redirect(url_for("web.search", q=kept, **form.query()), code=303)
+        if kept and not _files("image") and not (request.form.get("url") or "").strip():
+            # The results page's form with no new image: the same image, new options.
+            data = queries.load(_settings(), kept)
+            if data is None:
+                return _page("search.html", 404, form=form, key=None, hits=None, query_src=None,
+                             errors=[EXPIRED], verdicts={}, notice=None)
+            return _results(form, kept, data)
         data = _image("image", "url")
     except RequestEntityTooLarge:
-        return _page("search.html", 413, form=SearchForm.parse({}, checkbox_absent_means_off=False),
-                     key=None, hits=None, query_src=None, errors=[_too_large()], verdicts={}, notice=None)
+        return _page("search.html", 413, form=form, key=None, hits=None, query_src=None,
+                     errors=[_too_large()], verdicts={}, notice=None)
     except MatchError as error:
         return _page("search.html", error.status, form=form, key=None, hits=None, query_src=None,
                      errors=[_explain(error)], verdicts={}, notice=None)
-    key = queries.keep(_settings(), data)
-    return redirect(url_for("web.search", q=key, **form.query()), code=303)
+    return _results(form, queries.keep(_settings(), data), data)
 
 
 # ===== compare =======================================================================
@@ -518,8 +524,8 @@ def thumb(sha: str) -> Response:
 
 
 @bp.route("/ui/crowd/verify", methods=["POST"])
-def crowd_verify() -> Response | BaseResponse:
-    """Send the top matches of a kept search to the crowd; back to the results."""
+def crowd_verify() -> Response:
+    """Send the top matches of a kept search to the crowd; the results again, with a notice."""
     refused = _csrf_failed()
     if refused is not None:
         return refused
@@ -527,8 +533,7 @@ def crowd_verify() -> Response | BaseResponse:
     key = request.form.get("q") or ""
     data = queries.load(_settings(), key)
     if data is None:
-        return _message("This search has expired", "Query images are kept for an hour: search again, "
-                        "then send the matches.", 404)
+        return _message("This search has expired", EXPIRED, 404)
     try:
         top = int(request.form.get("top") or 3)
         from match.crowd.api import verify_search
@@ -543,8 +548,9 @@ def crowd_verify() -> Response | BaseResponse:
     except MatchError as error:
         return _message("Could not send to the crowd", _explain(error), error.status)
     sent = sum(1 for entry in entries if "taskName" in entry)
-    return redirect(url_for("web.search", q=key, **form.query(sent=sent, skipped=len(entries) - sent))
-                    + "#crowd", code=303)
+    # The results again, with the verdicts' state and a notice (rendered here, not behind a
+    # redirect, for the reason given in search_post).
+    return _results(form, key, data, notice={"sent": sent, "skipped": len(entries) - sent})
 
 
 @bp.route("/ui/crowd/sync", methods=["POST"])

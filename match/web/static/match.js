@@ -101,7 +101,7 @@
     params.set("all", all && all.checked ? "1" : "0");
     var limit = form.querySelector('input[name="limit"]');
     if (limit && limit.value) { params.set("limit", limit.value); }
-    var url = window.location.pathname + "?" + params.toString();
+    var url = (results().getAttribute("data-url") || window.location.pathname) + "?" + params.toString();
     fetch(url, { headers: { "Accept": "text/html" }, credentials: "same-origin" })
       .then(function (response) { return response.ok ? response.text() : Promise.reject(response.status); })
       .then(function (html) {
