@@ -54,9 +54,11 @@ Per-item bulk failures raise :class:`~match.errors.StoreError` listing the filep
 **Pagination.** ``list`` sorts on ``filepath``; past the 10,000-hit window it pages
 with a point in time and ``search_after``, fetching only sort values.
 
-**Failure.** Each request is bounded by ``MATCH_ES_TIMEOUT`` with a couple of retries
-across the configured nodes; an unreachable or red cluster raises
-:class:`~match.errors.StoreUnavailable` (HTTP 503). The store keeps no broken state:
+**Failure.** Each request is bounded by ``MATCH_ES_TIMEOUT`` (bulk chunks by at least
+30 s) with a couple of retries across the configured nodes; an unreachable or red
+cluster raises :class:`~match.errors.StoreUnavailable` (HTTP 503). A server of another
+major version than the client (an 8.x server refuses the 9.x client) is a
+:class:`~match.errors.StoreError` saying so. The store keeps no broken state:
 when Elasticsearch is down at startup, :meth:`ElasticsearchStore.from_config` logs it
 and the index check is retried on the next call, so the store recovers by itself.
 """
