@@ -17,9 +17,11 @@
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import re
 import signal
+import socket
 import socketserver
 import sqlite3
 import threading
@@ -65,10 +67,43 @@ def test_metrics_are_summed_over_workers_and_cleaned_up() -> None:
         text = requests.get(server.url + "/metrics", timeout=30).text
         # Every worker answered some of the 60 (plus the startup probes): all are counted.
         assert _metric(text, "/ping") >= 60, text[:2000]
+        _protocol_errors_are_json(server)
         directory = _multiproc_dir_of(server)
         files = list(Path(directory).glob("*.db"))
         assert len({re.sub(r"\D", "", f.name) for f in files}) >= 2, files  # per-process files
     assert not Path(directory).exists(), "the metrics directory outlived the server"
+
+
+def _raw(server: Server, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send raw bytes; return the status, headers and body of the answer."""
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+    return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, body
+
+
+def _protocol_errors_are_json(server: Server) -> None:
+    """What gunicorn refuses before the app (match.worker) still gets the envelope."""
+    cases = [
+        (b"GET /count?" + b"x" * 9000 + b" HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"GET /count HTTP/1.1\r\nHost: a\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(200))
+         + b"\r\n", 431),
+        (b"GET /count HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n", 400),
+        (b"G\x00T /count HTTP/1.1\r\n\r\n", 400),
+        (b"GET /count HTTP/9.9\r\nHost: a\r\n\r\n", 400),
+    ]
+    for request, status in cases:
+        got, headers, body = _raw(server, request)
+        assert got == status, (request[:60], got, body)
+        assert headers["content-type"] == "application/json"
+        envelope = json.loads(body)
+        assert envelope["status"] == "fail" and envelope["result"] == [] and envelope["error"]
 
 
 def _multiproc_dir_of(server: Server) -> str:
