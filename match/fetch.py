@@ -323,7 +323,9 @@ class Fetcher:
             while True:
                 # read1 returns what has arrived (not a full chunk), so a server dripping
                 # bytes still meets the deadline check below.
-                chunk = response.read1(CHUNK_SIZE, decode_content=True)
+                # decode_content=False: we asked for identity, and a server that gzips anyway
+                # must not make us inflate a compression bomb (the bytes then fail to decode).
+                chunk = response.read1(CHUNK_SIZE, decode_content=False)
                 if not chunk:
                     break
                 size += len(chunk)

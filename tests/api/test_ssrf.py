@@ -214,3 +214,32 @@ def test_a_resolver_that_never_answers_times_out() -> None:
     with pytest.raises(FetchTimeout, match="resolving"):
         Fetcher(timeout=0.5, max_bytes=UPLOAD_LIMIT, resolver=stuck).fetch("http://slow-dns.example.com/a.jpg")
     assert time.monotonic() - started < 2.0
+
+
+def test_a_gzip_bomb_is_never_inflated() -> None:
+    """We ask for identity; a server that sends gzip anyway gets its bytes taken as they are."""
+    import gzip
+    import http.server
+    import threading
+
+    bomb = gzip.compress(b"\x00" * 50_000_000)  # 50 MB inflated, ~50 KB on the wire
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - stdlib name
+            self.send_response(200)
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(bomb)))
+            self.end_headers()
+            self.wfile.write(bomb)
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        body = fetcher(allow=["127.0.0.1/32"]).fetch(f"http://127.0.0.1:{server.server_address[1]}/bomb")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert body == bomb  # still compressed: nothing was inflated
