@@ -80,7 +80,7 @@ def summary(latencies_ms: Sequence[float]) -> dict[str, float]:
     """p50, p99, mean (ms) and qps (1000 / mean: one client in series) of latencies."""
     mean = statistics.fmean(latencies_ms) if latencies_ms else float("nan")
     return {"p50": percentile(latencies_ms, 50), "p99": percentile(latencies_ms, 99),
-            "mean": mean, "qps": 1000.0 / mean if mean else float("nan"), "n": len(latencies_ms)}
+            "mean": mean, "qps": 1000.0 / mean if mean else float("nan"), "samples": len(latencies_ms)}
 
 
 def time_calls(function: Callable[[Any], object], arguments: Sequence[Any],

@@ -135,10 +135,10 @@ def bench(size: int, searches: int, directory: Path, corpus: str = "scale",
     print(f"{'':>17} | search, 8 signatures: p50 {p50_8:6.1f} ms  p99 {p99_8:6.1f} ms  cpu {cpu_8:6.1f} ms")
     print(f"{'':>17} | add in another instance, then an 8-signature search: p50 {p50_fresh:6.1f} ms")
     with open(common.results_dir() / "local_store.jsonl", "a") as out:
-        for name, walls in (("match 1", walls_1), ("match 8", walls_8)):
+        for name, walls, cpu in (("match 1", walls_1, cpu_1), ("match 8", walls_8, cpu_8)):
             out.write(json.dumps({"backend": "local", "corpus": corpus, "n": rows, "contender": name,
-                                  **common.summary(walls), "file_bytes_per_row": file_bytes / rows,
-                                  "ram_bytes_per_row": per_image, "time": time.time(),
+                                  **common.summary(walls), "cpu_ms": cpu,
+                                  "file_bytes_per_row": file_bytes / rows, "ram_bytes_per_row": per_image, "time": time.time(),
                                   "smoke": smoke}) + "\n")
 
 
