@@ -138,8 +138,8 @@ def bench(size: int, searches: int, directory: Path, corpus: str = "scale",
         for name, walls, cpu in (("match 1", walls_1, cpu_1), ("match 8", walls_8, cpu_8)):
             out.write(json.dumps({"backend": "local", "corpus": corpus, "n": rows, "contender": name,
                                   **common.summary(walls), "cpu_ms": cpu,
-                                  "file_bytes_per_row": file_bytes / rows, "ram_bytes_per_row": per_image, "time": time.time(),
-                                  "smoke": smoke}) + "\n")
+                                  "file_bytes_per_row": file_bytes / rows, "ram_bytes_per_row": per_image,
+                                  "time": time.time(), "smoke": smoke}) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
