@@ -474,15 +474,18 @@ def add() -> Response | BaseResponse:
 def _position(filepath: str) -> int:
     """The browse page that shows ``filepath`` (list order is ascending filepath)."""
     store = get_store()
-    low, high = 0, service.count(store)
-    # Binary search over the sorted listing, one filepath per probe.
-    while low < high:
-        middle = (low + high) // 2
-        at = store.list(middle, 1)
-        if at and at[0] < filepath:
-            low = middle + 1
-        else:
-            high = middle
+    try:
+        low, high = 0, service.count(store)
+        # Binary search over the sorted listing, one filepath per probe (log2(n) probes).
+        while low < high:
+            middle = (low + high) // 2
+            at = store.list(middle, 1)
+            if at and at[0] < filepath:
+                low = middle + 1
+            else:
+                high = middle
+    except (MatchError, ValueError):  # e.g. an offset past what the backend pages to
+        return 1
     return low // PAGE_SIZE + 1
 
 
