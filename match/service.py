@@ -112,7 +112,15 @@ def sign_file(path: str | Path, settings: Mapping[str, Any]) -> SignedImage:
     limit = int(settings["MATCH_MAX_UPLOAD_BYTES"])
     if size > limit:
         raise PayloadTooLarge(f"{size} bytes is over MATCH_MAX_UPLOAD_BYTES ({limit})")
-    return sign(path.read_bytes(), settings)
+    data = path.read_bytes()
+    signed = sign(data, settings)
+    if settings.get("MATCH_THUMBNAILS"):
+        # In the signing process, so bulk adds make thumbnails in parallel too; a
+        # thumbnail is named by content, so one left by a failed write is harmless.
+        from match.web import thumbs
+
+        thumbs.save(settings, data, signed.sha256)
+    return signed
 
 
 def check_filepath(filepath: Any, field: str = "filepath") -> str:

@@ -65,7 +65,7 @@ def add() -> Response:
 def delete() -> Response:
     """Remove the image stored under ``filepath``."""
     filepath = service.check_filepath(_fields().text("filepath"))
-    service.delete(get_store(), filepath)
+    service.delete(get_store(), filepath, current_app.config)
     return respond("delete", [])
 
 
