@@ -18,6 +18,12 @@ Contenders (each includes the Python client round trips and the rerank):
   ``bool`` and the kNN search, reranked with the exact distance.
 * ``match 8``: ``store.search(8 signatures)``: one ``_msearch`` of 16 searches.
 * ``match words 1`` / ``match words 8``: the same without kNN (``MATCH_ES_KNN=false``).
+* ``combined 8`` (a proposal, not what match does yet): all 8 orientations in 2
+  searches instead of 16 -- one ``bool`` of 63 ``terms`` queries (word field *i*
+  matches any of the 8 orientations' word *i*) and one search with 8 ``knn`` clauses
+  (one per orientation, ``k`` = candidates each; Elasticsearch returns the best
+  ``candidates`` hits of their union by score) -- then the same exact rerank
+  (:func:`combined_search`).
 * ``anchor 1`` / ``anchor 8``: TRUEPIC/match's query, as image-match 1.1.2's
   ``SignatureES.search_single_record`` builds it: per orientation, one ``_search``
   of a ``bool`` ``should`` of 63 ``term`` queries (no ``minimum_should_match``, no
@@ -48,6 +54,9 @@ from match import signature as sig
 from match.store.base import Record
 from match.store.elasticsearch import WORD_FIELDS, ElasticsearchStore, index_body
 
+HEADER = ["N", "contender", "p50 ms", "p99 ms", "queries/s (1 client)", "CPU ms/query",
+          "of which client CPU ms"]
+
 
 def anchor_search(client: Elasticsearch, index: str, queries: np.ndarray, size: int = 100,
                   cutoff: float = sig.DEFAULT_CUTOFF) -> list[tuple[str, float]]:
@@ -67,6 +76,36 @@ def anchor_search(client: Elasticsearch, index: str, queries: np.ndarray, size: 
             if distance < cutoff and hit["_id"] not in found:
                 found[hit["_id"]] = (hit["_source"]["filepath"], distance)
     return sorted(found.values(), key=lambda item: item[1])
+
+
+def combined_search(client: Elasticsearch, index: str, queries: np.ndarray, candidates: int = 100,
+                    size: int = 10, cutoff: float = sig.DEFAULT_CUTOFF) -> list[tuple[str, float]]:
+    """All orientations in one ``_msearch`` of 2 searches (see the module docstring)."""
+    words = sig.words(queries)  # (k, 63)
+    source = ["filepath", "signature", "metadata"]
+    should = [{"terms": {name: sorted({str(int(word)) for word in words[:, i]})}}
+              for i, name in enumerate(WORD_FIELDS)]
+    searches = [
+        {"index": index},
+        {"size": candidates, "_source": source, "track_total_hits": False,
+         "query": {"bool": {"should": should, "minimum_should_match": 1}}},
+        {"index": index},
+        {"size": candidates, "_source": source,
+         "knn": [{"field": "vector", "query_vector": query.tolist(), "k": candidates,
+                  "num_candidates": 2 * candidates} for query in queries]},
+    ]
+    response = client.msearch(searches=searches,
+                              filter_path="responses.hits.hits._id,responses.hits.hits._source")
+    sources = {hit["_id"]: hit["_source"] for result in response["responses"]
+               for hit in result.get("hits", {}).get("hits", [])}
+    if not sources:
+        return []
+    found = list(sources.values())
+    matrix = np.stack([np.frombuffer(base64.b64decode(s["signature"]), np.int8) for s in found])
+    distances = sig.distances(queries, matrix).min(axis=0)
+    ranked = sorted(zip([s["filepath"] for s in found], distances.tolist(), strict=True),
+                    key=lambda item: item[1])
+    return [item for item in ranked if item[1] <= cutoff][:size]
 
 
 def create_index(client: Elasticsearch, index: str) -> None:
@@ -93,11 +132,15 @@ def load(store: ElasticsearchStore, signatures: np.ndarray, start: int, stop: in
     return end, (end - start) / max(time.perf_counter() - started, 1e-9)
 
 
-def measure(url: str, index: str, queries: list[np.ndarray],
-            candidates: int) -> tuple[dict[str, list[float]], dict[str, float]]:
+Timings = tuple[dict[str, list[float]], dict[str, float], dict[str, float]]
+
+
+def measure(url: str, index: str, queries: list[np.ndarray], candidates: int,
+            only: list[str] | None = None) -> Timings:
     """Latency (ms) of every contender for every query, interleaved, and each one's
     mean CPU ms per query: this process plus the Elasticsearch node when it runs on
-    this machine (a figure a busy machine does not inflate as it does latency)."""
+    this machine (a figure a busy machine does not inflate as it does latency), and the
+    part of it spent in this process (client, JSON, rerank)."""
     match = ElasticsearchStore([url], index=index, replicas=0, timeout=60, candidates=candidates,
                                num_candidates=2 * candidates)
     words = ElasticsearchStore([url], index=index, replicas=0, timeout=60, candidates=candidates,
@@ -108,14 +151,18 @@ def measure(url: str, index: str, queries: list[np.ndarray],
         "match 8": lambda q: match.search(q),
         "match words 1": lambda q: words.search(q[:1]),
         "match words 8": lambda q: words.search(q),
+        "combined 8": lambda q: combined_search(client, index, q, candidates),
         "anchor 1": lambda q: anchor_search(client, index, q[:1]),
         "anchor 8": lambda q: anchor_search(client, index, q),
     }
+    if only:
+        contenders = {name: function for name, function in contenders.items() if name in only}
     for query in queries[:3]:  # warm-up: caches, JIT, connections
         for function in contenders.values():
             function(query)
     latencies: dict[str, list[float]] = {name: [] for name in contenders}
     cpu: dict[str, float] = dict.fromkeys(contenders, 0.0)
+    client_cpu_total: dict[str, float] = dict.fromkeys(contenders, 0.0)
     node = common.es_pid(url)
     for query in queries:
         for name, function in contenders.items():
@@ -123,12 +170,14 @@ def measure(url: str, index: str, queries: list[np.ndarray],
             node_cpu = common.cpu_seconds(node) if node else 0.0
             function(query)
             latencies[name].append((time.perf_counter() - started) * 1000)
-            cpu[name] += (time.process_time() - client_cpu
-                          + (common.cpu_seconds(node) - node_cpu if node else 0.0)) * 1000
+            mine = time.process_time() - client_cpu
+            client_cpu_total[name] += mine * 1000
+            cpu[name] += (mine + (common.cpu_seconds(node) - node_cpu if node else 0.0)) * 1000
     match.close()
     words.close()
     client.close()
-    return latencies, {name: total / len(queries) for name, total in cpu.items()}
+    return (latencies, {name: total / len(queries) for name, total in cpu.items()},
+            {name: total / len(queries) for name, total in client_cpu_total.items()})
 
 
 def index_facts(client: Elasticsearch, index: str) -> dict[str, Any]:
@@ -153,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="force-merge to at most this many segments before timing (0: no)")
     parser.add_argument("--deadline", default="",
                         help="UTC HH:MM: stop loading then, and time the size reached")
+    parser.add_argument("--contenders", nargs="+", default=None,
+                        help="time only these (e.g. 'match 1' 'match 8' 'combined 8')")
     parser.add_argument("--smoke", action="store_true", help="tiny run (CI): 300 images, 5 queries")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -192,27 +243,30 @@ def main(argv: list[str] | None = None) -> int:
                 client.indices.forcemerge(index=args.index, max_num_segments=args.force_merge)
                 client.indices.refresh(index=args.index)
             facts = index_facts(client, args.index)
-            latencies, cpu = measure(args.url, args.index, queries, args.candidates)
+            latencies, cpu, client_cpu = measure(args.url, args.index, queries, args.candidates,
+                                                 args.contenders)
             for name, values in latencies.items():
                 stats = common.summary(values)
-                rows.append([f"{facts['docs']:,}", name, stats["p50"], stats["p99"], stats["qps"], cpu[name]])
+                rows.append([f"{facts['docs']:,}", name, stats["p50"], stats["p99"], stats["qps"], cpu[name],
+                             client_cpu[name]])
                 with open(common.results_dir() / "es_scale.jsonl", "a") as out:
                     out.write(json.dumps({"backend": "elasticsearch", "n": facts["docs"], "contender": name,
-                                          **stats, "cpu_ms": cpu[name], **facts, "time": time.time(),
+                                          **stats, "cpu_ms": cpu[name],
+                                          "client_cpu_ms": client_cpu[name], **facts, "time": time.time(),
                                           "load": os.getloadavg()[0], "smoke": args.smoke}) + "\n")
-            print(common.table(rows[-len(latencies):], ["N", "contender", "p50 ms", "p99 ms",
-                                                        "queries/s (1 client)", "CPU ms/query"]), flush=True)
-            one, eight = common.summary(latencies["match 8"]), common.summary(latencies["match 1"])
-            anchor = common.summary(latencies["anchor 8"])
+            print(common.table(rows[-len(latencies):], HEADER), flush=True)
+            p50 = {name: common.summary(values)["p50"] for name, values in latencies.items()}
+            ratios = [f"{a} / {b} p50 {p50[a] / p50[b]:.2f}x" for a, b in
+                      (("match 8", "match 1"), ("combined 8", "match 1"), ("anchor 8", "match 8"))
+                      if a in p50 and b in p50]
             print(f"  N={facts['docs']:,}: {facts['segments']} segments, {facts['bytes_per_doc']:.0f} B/doc; "
-                  f"match 8/1 orientations p50 ratio {one['p50'] / eight['p50']:.2f}; "
-                  f"anchor 8 / match 8 p50 {anchor['p50'] / one['p50']:.2f}x", flush=True)
+                  + "; ".join(ratios), flush=True)
     finally:
         store.close()
         if not args.keep:
             client.indices.delete(index=args.index, ignore_unavailable=True)
         client.close()
-    print(common.table(rows, ["N", "contender", "p50 ms", "p99 ms", "queries/s (1 client)", "CPU ms/query"]))
+    print(common.table(rows, HEADER))
     return 0
 
 
