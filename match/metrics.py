@@ -9,9 +9,12 @@ Served at ``/metrics`` (text exposition format) by the API blueprint. The metric
     Latency histogram per route, from the first hook to the response.
 ``match_store_errors_total{error}``
     Store failures seen by the API (``StoreUnavailable`` = 503, ``StoreError`` = 500).
-``match_crowd_spend_dollars_total`` and ``match_crowd_tasks_total{state}``
-    Money committed to the crowd and tasks by state; the crowd module reports them by
-    calling :func:`crowd_spend` and :func:`crowd_task`.
+``match_crowd_spend_dollars_total``, ``match_crowd_released_dollars_total``
+    Money committed to the crowd (rewards, bonuses, fees), and committed money given
+    back; spend so far is the difference. The crowd ledger reports each entry once
+    through :func:`crowd_spend`.
+``match_crowd_tasks_total{state}``
+    Crowd tasks by the state they reached (:func:`crowd_task`).
 
 Under gunicorn every worker is a process with its own counters. ``match serve`` sets
 ``PROMETHEUS_MULTIPROC_DIR`` to a fresh temporary directory *before* this module (and
@@ -65,6 +68,8 @@ LATENCY = Histogram("match_http_request_duration_seconds", "HTTP request latency
 STORE_ERRORS = Counter("match_store_errors_total", "Store failures seen by the API.", ["error"])
 CROWD_SPEND = Counter("match_crowd_spend_dollars_total",
                       "Money committed to the crowd (rewards, bonuses, fees), US dollars.")
+CROWD_RELEASED = Counter("match_crowd_released_dollars_total",
+                         "Committed crowd money given back (work not done or rejected), US dollars.")
 CROWD_TASKS = Counter("match_crowd_tasks_total", "Crowd tasks by the state they reached.", ["state"])
 
 
@@ -80,11 +85,17 @@ def store_error(error: str) -> None:
 
 
 def crowd_spend(amount: float | Decimal) -> None:
-    """Add ``amount`` US dollars committed to the crowd (call it once per commitment)."""
+    """Record a ledger entry of ``amount`` US dollars, once per entry.
+
+    A commitment (> 0) adds to ``match_crowd_spend_dollars_total``; a release (< 0,
+    money reserved for work that was never done) to ``match_crowd_released_dollars_total``,
+    so spend so far is the difference.
+    """
     value = float(amount)
-    if value < 0:
-        raise ValueError(f"crowd spend must be >= 0, got {amount!r}")
-    CROWD_SPEND.inc(value)
+    if value >= 0:
+        CROWD_SPEND.inc(value)
+    else:
+        CROWD_RELEASED.inc(-value)
 
 
 def crowd_task(state: str, count: int = 1) -> None:

@@ -35,6 +35,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -315,7 +316,7 @@ class CrowdState:
         problem: Mapping[str, Any] | None = None,
     ) -> None:
         """Move a processing task to completed or failed (no-op if it already finished)."""
-        self._exec(
+        moved = self._exec(
             "UPDATE tasks SET state = ?, result = ?, problem = ?, finished_at = ? "
             "WHERE id = ? AND state = 'processing'",
             (
@@ -326,6 +327,10 @@ class CrowdState:
                 task_id,
             ),
         )
+        if moved == 1:
+            from match import metrics
+
+            metrics.crowd_task(state)
 
     def update_result(self, task_id: int, result: Mapping[str, Any]) -> None:
         """Replace a task's result (e.g. the running estimate of a processing task)."""
@@ -540,14 +545,22 @@ class CrowdState:
     # --- money ---------------------------------------------------------------------
 
     def spend(self, ref: str, kind: str, cents: int, task_id: int | None) -> bool:
-        """Record a committed spend once per ``ref``; False if already recorded."""
-        return (
+        """Record a committed spend once per ``ref``; False if already recorded.
+
+        Each entry also reaches the Prometheus counters (match.metrics) exactly once.
+        """
+        recorded = (
             self._exec(
                 "INSERT OR IGNORE INTO ledger (ref, task_id, kind, cents, at) VALUES (?, ?, ?, ?, ?)",
                 (ref, task_id, kind, cents, self.clock()),
             )
             == 1
         )
+        if recorded and cents:
+            from match import metrics
+
+            metrics.crowd_spend(Decimal(cents) / 100)
+        return recorded
 
     def spent(self, task_id: int | None = None) -> int:
         """Cents committed in all (or for one task)."""

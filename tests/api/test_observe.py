@@ -61,8 +61,10 @@ def test_crowd_spend_and_store_error_counters() -> None:
     text = metrics.exposition().decode()
     assert sample(text, "match_store_errors_total", error="StoreUnavailable") >= 1
     assert sample(text, "match_crowd_tasks_total", state="created") >= 1
-    with pytest.raises(ValueError):
-        metrics.crowd_spend(-1)
+    released = metrics.CROWD_RELEASED._value.get()
+    metrics.crowd_spend(-1)  # a release: counted apart, spend never goes down
+    assert metrics.CROWD_RELEASED._value.get() == pytest.approx(released + 1)
+    assert metrics.CROWD_SPEND._value.get() == pytest.approx(before + 0.25)
 
 
 def test_metrics_can_be_turned_off(tmp_path: object) -> None:
