@@ -281,10 +281,7 @@ _BY_NAME = {setting.name: setting for setting in SETTINGS}
 
 def _read_file(path: str) -> dict[str, Any]:
     text = Path(path).read_text(encoding="utf-8")
-    if path.endswith(".json"):
-        data = json.loads(text)
-    else:
-        data = tomllib.loads(text)
+    data = json.loads(text) if path.endswith(".json") else tomllib.loads(text)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a table of settings")
     return data

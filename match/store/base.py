@@ -172,10 +172,10 @@ class SignatureStore(abc.ABC):
             raise ValueError("limit must be a positive integer")
         return self._list(offset, limit)
 
-    def check(self) -> None:
+    def check(self) -> None:  # noqa: B027 - a store with nothing to check answers at once
         """Readiness: return if the store answers, raise StoreUnavailable otherwise."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a store holding nothing has nothing to release
         """Release connections and files. The store must not be used afterwards."""
 
     # --- what a backend implements ---------------------------------------------------
@@ -215,7 +215,7 @@ def best_matches(filepaths: Sequence[str], distances: np.ndarray, metadata: Sequ
     the cutoff are decided the same way (ties broken by filepath for stable output).
     """
     best: dict[str, tuple[float, Mapping[str, Any]]] = {}
-    for path, dist, meta in zip(filepaths, distances.tolist(), metadata):
+    for path, dist, meta in zip(filepaths, distances.tolist(), metadata, strict=True):
         if dist <= cutoff and (path not in best or dist < best[path][0]):
             best[path] = (dist, meta)
     ranked = sorted(best.items(), key=lambda item: (item[1][0], item[0]))[:size]
