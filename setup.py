@@ -42,7 +42,7 @@ setup(
             "pytest>=8,<10",
             "pytest-timeout>=2.3,<3",
             "ruff>=0.6,<1",
-            "mypy>=1.11,<2",
+            "mypy>=1.11,<3",
             "requests>=2.31,<3",
             # the oracle: image-match 1.1.2 itself is installed with --no-deps (see .ci/run)
             "scikit-image>=0.22,<1",
