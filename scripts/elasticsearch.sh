@@ -298,11 +298,14 @@ ensure_user() {
 
 # ----------------------------------------------------------------------- nodes
 pid_of() { # node dir -> live ES pid, or nothing (cleans stale pidfiles)
+    # The pid must be an Elasticsearch of *this* node (its own tmp dir on the command
+    # line): pids are reused quickly (pid_max is often 32768), and a stale pidfile must
+    # never make `stop` or `node-kill` hit another node.
     local dir=$1 pid
     [ -s "$dir/es.pid" ] || return 0
     pid=$(cat "$dir/es.pid" 2>/dev/null || true)
     if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null \
-            && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q org.elasticsearch; then
+            && tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | grep -qxF -- "-Djava.io.tmpdir=$dir/tmp"; then
         echo "$pid"
     else
         rm -f "$dir/es.pid" 2>/dev/null || true
