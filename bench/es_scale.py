@@ -24,6 +24,9 @@ Contenders (each includes the Python client round trips and the rerank):
   (one per orientation, ``k`` = candidates each; Elasticsearch returns the best
   ``candidates`` hits of their union by score) -- then the same exact rerank
   (:func:`combined_search`).
+* ``combined 8, kNN 1``: the same with the kNN clause for the image as given only
+  (a rotated or mirrored copy has nearly the signature of one of the 8 orientations,
+  which its words find; kNN is there for edits that share no word).
 * ``anchor 1`` / ``anchor 8``: TRUEPIC/match's query, as image-match 1.1.2's
   ``SignatureES.search_single_record`` builds it: per orientation, one ``_search``
   of a ``bool`` ``should`` of 63 ``term`` queries (no ``minimum_should_match``, no
@@ -54,6 +57,24 @@ from match import signature as sig
 from match.store.base import Record
 from match.store.elasticsearch import WORD_FIELDS, ElasticsearchStore, index_body
 
+#: contender -> query number -> distance of its best hit (for recall against exhaustive).
+TOP1: dict[str, dict[int, float]] = {}
+
+
+def exhaustive_top1(signatures: np.ndarray, queries: list[np.ndarray], n: int,
+                    cutoff: float = sig.DEFAULT_CUTOFF, chunk: int = 100_000) -> dict[int, float]:
+    """Query number -> distance of the nearest of the first ``n`` signatures (any
+    orientation) when it is within ``cutoff``: what an exhaustive scan answers (a
+    contender is right when its best hit is that near: ties count as right)."""
+    stacked = np.concatenate(queries)  # (8 * queries, 648)
+    best = np.full(len(queries), np.inf)
+    for start in range(0, n, chunk):
+        block = np.asarray(signatures[start:min(n, start + chunk)])
+        distances = sig.distances(stacked, block).reshape(len(queries), -1, len(block)).min(axis=1)
+        best = np.minimum(best, distances.min(axis=1))
+    return {q: float(best[q]) for q in range(len(queries)) if best[q] <= cutoff}
+
+
 HEADER = ["N", "contender", "p50 ms", "p99 ms", "queries/s (1 client)", "CPU ms/query",
           "of which client CPU ms"]
 
@@ -79,8 +100,10 @@ def anchor_search(client: Elasticsearch, index: str, queries: np.ndarray, size: 
 
 
 def combined_search(client: Elasticsearch, index: str, queries: np.ndarray, candidates: int = 100,
-                    size: int = 10, cutoff: float = sig.DEFAULT_CUTOFF) -> list[tuple[str, float]]:
-    """All orientations in one ``_msearch`` of 2 searches (see the module docstring)."""
+                    size: int = 10, cutoff: float = sig.DEFAULT_CUTOFF,
+                    knn_orientations: int = 8) -> list[tuple[str, float]]:
+    """All orientations in one ``_msearch`` of 2 searches (see the module docstring);
+    kNN for the first ``knn_orientations`` orientations only."""
     words = sig.words(queries)  # (k, 63)
     source = ["filepath", "signature", "metadata"]
     should = [{"terms": {name: sorted({str(int(word)) for word in words[:, i]})}}
@@ -92,7 +115,7 @@ def combined_search(client: Elasticsearch, index: str, queries: np.ndarray, cand
         {"index": index},
         {"size": candidates, "_source": source,
          "knn": [{"field": "vector", "query_vector": query.tolist(), "k": candidates,
-                  "num_candidates": 2 * candidates} for query in queries]},
+                  "num_candidates": 2 * candidates} for query in queries[:knn_orientations]]},
     ]
     response = client.msearch(searches=searches,
                               filter_path="responses.hits.hits._id,responses.hits.hits._source")
@@ -152,6 +175,7 @@ def measure(url: str, index: str, queries: list[np.ndarray], candidates: int,
         "match words 1": lambda q: words.search(q[:1]),
         "match words 8": lambda q: words.search(q),
         "combined 8": lambda q: combined_search(client, index, q, candidates),
+        "combined 8, kNN 1": lambda q: combined_search(client, index, q, candidates, knn_orientations=1),
         "anchor 1": lambda q: anchor_search(client, index, q[:1]),
         "anchor 8": lambda q: anchor_search(client, index, q),
     }
@@ -164,11 +188,14 @@ def measure(url: str, index: str, queries: list[np.ndarray], candidates: int,
     cpu: dict[str, float] = dict.fromkeys(contenders, 0.0)
     client_cpu_total: dict[str, float] = dict.fromkeys(contenders, 0.0)
     node = common.es_pid(url)
-    for query in queries:
+    for number, query in enumerate(queries):
         for name, function in contenders.items():
             started, client_cpu = time.perf_counter(), time.process_time()
             node_cpu = common.cpu_seconds(node) if node else 0.0
-            function(query)
+            found = function(query)
+            if found:
+                first = found[0]
+                TOP1.setdefault(name, {})[number] = first.distance if hasattr(first, "distance") else first[1]
             latencies[name].append((time.perf_counter() - started) * 1000)
             mine = time.process_time() - client_cpu
             client_cpu_total[name] += mine * 1000
@@ -202,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="force-merge to at most this many segments before timing (0: no)")
     parser.add_argument("--deadline", default="",
                         help="UTC HH:MM: stop loading then, and time the size reached")
+    parser.add_argument("--recall", action="store_true",
+                        help="also check each contender's best hit against an exhaustive scan")
     parser.add_argument("--contenders", nargs="+", default=None,
                         help="time only these (e.g. 'match 1' 'match 8' 'combined 8')")
     parser.add_argument("--smoke", action="store_true", help="tiny run (CI): 300 images, 5 queries")
@@ -245,8 +274,16 @@ def main(argv: list[str] | None = None) -> int:
             facts = index_facts(client, args.index)
             latencies, cpu, client_cpu = measure(args.url, args.index, queries, args.candidates,
                                                  args.contenders)
+            truth = exhaustive_top1(signatures, queries, facts["docs"]) if args.recall else {}
             for name, values in latencies.items():
                 stats = common.summary(values)
+                if args.recall:
+                    got = TOP1.get(name, {})
+                    right = sum(abs(got.get(q, 2.0) - best) < 1e-9 for q, best in truth.items())
+                    stats["top1_recall"] = right / max(1, len(truth))
+                    print(f"    {name}: best hit = exhaustive scan's for {stats['top1_recall']:.1%} "
+                          f"of {len(truth)} queries with a hit", flush=True)
+                TOP1.pop(name, None)
                 rows.append([f"{facts['docs']:,}", name, stats["p50"], stats["p99"], stats["qps"], cpu[name],
                              client_cpu[name]])
                 with open(common.results_dir() / "es_scale.jsonl", "a") as out:
