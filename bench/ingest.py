@@ -142,8 +142,9 @@ def main(argv: list[str] | None = None) -> int:
             rates[name] = len(files) / seconds
             print(f"  {name}: {seconds:.1f} s, {rates[name]:.1f} images/s, "
                   f"{cpu[name] * 1000:.0f} CPU ms/image", flush=True)
-    finally:
-        client.indices.delete(index="match-bench-ingest-*", ignore_unavailable=True)
+    finally:  # by name: clusters may refuse wildcard deletes (action.destructive_requires_name)
+        for number in range(4):
+            client.indices.delete(index=f"match-bench-ingest-{number}", ignore_unavailable=True)
         client.close()
     anchor, anchor_cpu = rates.get("/add x1 client", float("nan")), cpu.get("/add x1 client", float("nan"))
     print(f"CPU counted: this process, its children{', the Elasticsearch node' if node else ''}")
