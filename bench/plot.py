@@ -22,6 +22,7 @@ STYLES = {
     ("elasticsearch", "match 8"): ("match, ES, 8 orientations", "C0", "--o"),
     ("elasticsearch", "match words 1"): ("match words only, ES, 1", "C2", "-^"),
     ("elasticsearch", "match words 8"): ("match words only, ES, 8", "C2", "--^"),
+    ("elasticsearch", "combined 8, kNN 1"): ("proposal: 8 in 2 searches, kNN 1", "C4", ":v"),
     ("elasticsearch", "anchor 1"): ("TRUEPIC/match query, 1 orientation", "C3", "-s"),
     ("elasticsearch", "anchor 8"): ("TRUEPIC/match query, 8 in series", "C3", "--s"),
     ("local", "match 1"): ("match, embedded, 1 orientation", "C1", "-D"),
