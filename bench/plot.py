@@ -69,14 +69,14 @@ def main(argv: list[str] | None = None) -> int:
                        markersize=4)
     left.axhline(50, color="grey", linewidth=0.8, linestyle=":")
     left.text(1.1e4, 53, "target: p50 50 ms", color="grey", fontsize=8)
-    for axis, title in ((left, "p50 latency, ms (2 cores, shared, busy)"),
+    for axis, title in ((left, "p50 latency, ms (2 cores, shared machine)"),
                         (right, "CPU ms per query (client + ES node; embedded: median)")):
         axis.set_xscale("log")
         axis.set_yscale("log")
         axis.set_xlabel("indexed images")
         axis.set_title(title, fontsize=10)
         axis.grid(True, which="both", linewidth=0.3)
-    left.legend(fontsize=7, loc="upper left")
+    left.legend(fontsize=7, loc="lower right")
     figure.tight_layout()
     figure.savefig(args.out)
     print(f"wrote {args.out}")
