@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             right.plot(sizes, [points[n]["cpu_ms"] for n in sizes], style, color=color, label=label,
                        markersize=4)
     left.axhline(50, color="grey", linewidth=0.8, linestyle=":")
-    left.text(1.1e4, 53, "target: p50 50 ms", color="grey", fontsize=8)
+    left.text(1.1e4, 42, "target: p50 50 ms", color="grey", fontsize=8)
     for axis, title in ((left, "p50 latency, ms (2 cores, shared machine)"),
                         (right, "CPU ms per query (client + ES node; embedded: median)")):
         axis.set_xscale("log")
