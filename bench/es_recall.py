@@ -24,7 +24,7 @@ What it does:
    reports bytes per image (``_stats`` store size / docs, after a force merge, with
    the per-field split of ``_disk_usage``).
 
-The indices it creates are named ``match-bench-*`` and deleted at the end.
+The indices it creates are named ``match-bench-<variant>`` and deleted by name at the end.
 """
 
 from __future__ import annotations
@@ -287,7 +287,8 @@ def main() -> None:
     finally:
         for store in stores.values():
             store.close()
-        client.indices.delete(index="match-bench-*", ignore_unavailable=True)
+        for variant in VARIANTS:  # by name: other runs' match-bench-* indices stay
+            client.indices.delete(index=f"match-bench-{variant}", ignore_unavailable=True)
         client.close()
 
 
