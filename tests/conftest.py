@@ -125,7 +125,7 @@ def make_store(backend: str, tmp_path: Path,
     yield make
     for store, settings in opened:
         if settings["MATCH_STORE"] == "elasticsearch":
-            _drop_index(settings["ELASTICSEARCH_URL"], settings["MATCH_INDEX"])
+            drop_index(settings["ELASTICSEARCH_URL"], settings["MATCH_INDEX"])
         store.close()
     shutil.rmtree(tmp_path / "data", ignore_errors=True)
 
@@ -135,7 +135,8 @@ def store(make_store: Callable[..., SignatureStore]) -> SignatureStore:
     return make_store()
 
 
-def _drop_index(url: str, index: str) -> None:
+def drop_index(url: str, index: str) -> None:
+    """Delete a test index (a missing one is fine)."""
     import urllib.error
     import urllib.request
 

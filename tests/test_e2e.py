@@ -73,7 +73,7 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
             process.kill()
             raise
         if request.param == "elasticsearch":
-            from tests.api.conftest import drop_index
+            from tests.conftest import drop_index
 
             drop_index(env["ELASTICSEARCH_URL"], index)
     assert code == 0, log.read_text(errors="replace")[-3000:]

@@ -13,8 +13,6 @@ import io
 import socketserver
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,7 @@ from PIL import Image, ImageOps
 from werkzeug.test import TestResponse
 
 from match.app import close_store, create_app
-from tests.conftest import store_settings
+from tests.conftest import drop_index, store_settings
 
 #: Bodies over this many bytes are refused in the API tests (413).
 UPLOAD_LIMIT = 3_000_000
@@ -107,16 +105,6 @@ def app(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterato
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
     return app.test_client()
-
-
-def drop_index(url: str, index: str) -> None:
-    """Delete a test index (missing is fine)."""
-    request = urllib.request.Request(f"{url.rstrip('/')}/{index}", method="DELETE")
-    try:
-        urllib.request.urlopen(request, timeout=30).close()
-    except urllib.error.HTTPError as exc:
-        if exc.code != 404:
-            raise
 
 
 # --- requests -------------------------------------------------------------------------

@@ -15,13 +15,7 @@ import pytest
 
 from match.crowd import tasks as T
 from match.crowd.workers import SimulationSettings
-from tests.crowd.harness import DUMMY_ENV, CrowdHarness
-
-
-@pytest.fixture
-def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in DUMMY_ENV.items():
-        monkeypatch.setenv(key, value)
+from tests.crowd.harness import CrowdHarness
 
 
 def labelled_pairs(n: int, seed: int = 7) -> list[tuple[str, str, str]]:

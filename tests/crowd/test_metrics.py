@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from prometheus_client import REGISTRY
 
 from match.crowd.store import CrowdState
@@ -19,6 +20,6 @@ def test_ledger_entries_are_counted_once(tmp_path: Path) -> None:
     assert state.spend("hit:a", "hit", 150, None) is True
     assert state.spend("hit:a", "hit", 150, None) is False  # a retry records nothing
     assert state.spend("release:a", "release", -40, None) is True
-    assert _value("match_crowd_spend_dollars_total") - spent == 1.5
-    assert _value("match_crowd_released_dollars_total") - released == 0.4
+    assert _value("match_crowd_spend_dollars_total") - spent == pytest.approx(1.5)
+    assert _value("match_crowd_released_dollars_total") - released == pytest.approx(0.4)
     assert state.spent() == 110

@@ -22,13 +22,7 @@ from match.crowd.report import (
     render_text,
 )
 from match.crowd.workers import SimulationSettings
-from tests.crowd.harness import DUMMY_ENV, CrowdHarness
-
-
-@pytest.fixture(autouse=True)
-def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in DUMMY_ENV.items():
-        monkeypatch.setenv(key, value)
+from tests.crowd.harness import CrowdHarness
 
 
 @pytest.fixture

@@ -18,15 +18,10 @@ from match.crowd import tasks as T
 from match.crowd.api import bp
 from match.crowd.workers import SimulationSettings
 from match.errors import BudgetExceeded, Conflict, TurkRequestError
-from tests.crowd.harness import DUMMY_ENV, CrowdHarness
+from tests.crowd.harness import CrowdHarness
 
 FN = "image-similarity"
 
-
-@pytest.fixture(autouse=True)
-def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in DUMMY_ENV.items():
-        monkeypatch.setenv(key, value)
 
 
 @pytest.fixture

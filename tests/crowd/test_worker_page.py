@@ -25,18 +25,13 @@ from match.crowd import tasks as T
 from match.crowd.mturk import parse_answer
 from match.crowd.server import create_worker
 from tests.conftest import ImageServer
-from tests.crowd.harness import DUMMY_ENV, CrowdHarness
+from tests.crowd.harness import CrowdHarness
 from tests.web.test_browser import _chrome
 
 pytestmark = pytest.mark.browser
 
 FN = "image-similarity"
 
-
-@pytest.fixture(autouse=True)
-def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in DUMMY_ENV.items():
-        monkeypatch.setenv(key, value)
 
 
 @pytest.fixture
