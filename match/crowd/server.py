@@ -40,7 +40,7 @@ import os
 import re
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from html import escape as html_escape
 from pathlib import Path
@@ -333,6 +333,14 @@ def _add_worker_pages(app: Flask, store: CrowdStore) -> None:
         response.headers["Content-Security-Policy"] = "sandbox allow-forms allow-scripts allow-modals"
         return response
 
+    def task_page(question: str, content: str, worker_id: str, hit_id: str, assignment_id: str,
+                  *, hit: Mapping[str, Any] | None = None,
+                  assignment: Mapping[str, Any] | None = None) -> str:
+        """The page around a HIT's question: a preview (``hit``) or a taken assignment."""
+        frame, external = frame_url(question, content, worker_id, hit_id, assignment_id)
+        return render_template("task.html", hit=hit, assignment=assignment, frame=frame, external=external,
+                               height=question_frame_height(question), now=store.now())
+
     @app.get("/worker/hits/<hit_id>")
     @signed_in
     def worker_preview(worker_id: str, hit_id: str) -> Any:
@@ -341,16 +349,7 @@ def _add_worker_pages(app: Flask, store: CrowdStore) -> None:
         except WorkerError as exc:
             return redirect(url_for("worker_home", message=str(exc)))
         content = url_for("worker_preview_content", hit_id=hit_id)
-        frame, external = frame_url(hit["Question"], content, worker_id, hit_id, PREVIEW_ASSIGNMENT_ID)
-        return render_template(
-            "task.html",
-            hit=hit,
-            assignment=None,
-            frame=frame,
-            external=external,
-            height=question_frame_height(hit["Question"]),
-            now=store.now(),
-        )
+        return task_page(hit["Question"], content, worker_id, hit_id, PREVIEW_ASSIGNMENT_ID, hit=hit)
 
     @app.get("/worker/hits/<hit_id>/content")
     @signed_in
@@ -371,18 +370,8 @@ def _add_worker_pages(app: Flask, store: CrowdStore) -> None:
         except WorkerError:
             abort(404)
         content = url_for("worker_task_content", assignment_id=assignment_id)
-        frame, external = frame_url(
-            assignment["Question"], content, worker_id, assignment["HITId"], assignment_id
-        )
-        return render_template(
-            "task.html",
-            hit=None,
-            assignment=assignment,
-            frame=frame,
-            external=external,
-            height=question_frame_height(assignment["Question"]),
-            now=store.now(),
-        )
+        return task_page(assignment["Question"], content, worker_id, assignment["HITId"], assignment_id,
+                         assignment=assignment)
 
     @app.get("/worker/assignments/<assignment_id>/content")
     @signed_in
