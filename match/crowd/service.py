@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from match import config as match_config
 from match.crowd import tasks as T
 from match.crowd.aggregate import WeightedVote
 from match.crowd.media import MediaStore, transformed_copy
@@ -74,58 +75,55 @@ _MEDIA = "media:"
 
 @dataclass(frozen=True)
 class CrowdSettings:
-    """The ``MATCH_CROWD_*`` settings the service uses (see match.config)."""
+    """The ``MATCH_CROWD_*`` settings the service uses, in the units it computes with.
 
-    endpoint: str = "sandbox"
-    reward_cents: int = 5
-    bonus_cents: int = 2
-    assignments: int = 3
-    max_assignments: int = 9
-    confidence: float = 0.95
-    max_spread: float = 0.1
-    lifetime: int = 3 * 24 * 3600
-    assignment_duration: int = 600
-    auto_approval_delay: int = 3 * 24 * 3600
-    qualifications: tuple[dict[str, Any], ...] = ()
-    budget_cents: int = 1000
-    block_below: float = 0.5
-    block_min_gold: int = 8
-    reject_failed_gold: bool = False
-    auto_review: bool = True
-    title: str = T.DEFAULT_TITLE
-    media_ttl: int = 4 * 24 * 3600
+    Defaults and parsing live in one place, :data:`match.config.SETTINGS`;
+    :meth:`from_config` only converts (dollars to cents, lists to tuples).
+    """
+
+    endpoint: str
+    reward_cents: int
+    bonus_cents: int
+    assignments: int
+    max_assignments: int
+    confidence: float
+    max_spread: float
+    lifetime: int
+    assignment_duration: int
+    auto_approval_delay: int
+    qualifications: tuple[dict[str, Any], ...]
+    budget_cents: int
+    block_below: float
+    block_min_gold: int
+    reject_failed_gold: bool
+    auto_review: bool
+    title: str
+    media_ttl: int
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> CrowdSettings:
-        """Read the settings mapping (defaults apply to missing keys)."""
-        d = cls()
-
-        def get(name: str, default: Any) -> Any:
-            value = config.get(name)
-            return default if value is None or value == "" else value
-
-        quals = get("MATCH_CROWD_QUALIFICATIONS", [])
-        if isinstance(quals, str):
-            quals = json.loads(quals)
+        """Read a settings mapping: missing keys take the table's defaults, raw strings
+        (``"false"``, ``"0.05"``) are parsed as strictly as the environment is."""
+        get = match_config.load(config, environ={}).__getitem__
         return cls(
-            endpoint=str(get("MATCH_CROWD_ENDPOINT", d.endpoint)),
-            reward_cents=T.cents(get("MATCH_CROWD_REWARD", "0.05")),
-            bonus_cents=T.cents(get("MATCH_CROWD_BONUS", "0.02")),
-            assignments=int(get("MATCH_CROWD_ASSIGNMENTS", d.assignments)),
-            max_assignments=int(get("MATCH_CROWD_MAX_ASSIGNMENTS", d.max_assignments)),
-            confidence=float(get("MATCH_CROWD_CONFIDENCE", d.confidence)),
-            max_spread=float(get("MATCH_CROWD_MAX_SPREAD", d.max_spread)),
-            lifetime=int(get("MATCH_CROWD_LIFETIME", d.lifetime)),
-            assignment_duration=int(get("MATCH_CROWD_ASSIGNMENT_DURATION", d.assignment_duration)),
-            auto_approval_delay=int(get("MATCH_CROWD_AUTO_APPROVAL_DELAY", d.auto_approval_delay)),
-            qualifications=tuple(quals),
-            budget_cents=T.cents(get("MATCH_CROWD_BUDGET", "10.00")),
-            block_below=float(get("MATCH_CROWD_BLOCK_BELOW", d.block_below)),
-            block_min_gold=int(get("MATCH_CROWD_BLOCK_MIN_GOLD", d.block_min_gold)),
-            reject_failed_gold=bool(get("MATCH_CROWD_REJECT_FAILED_GOLD", d.reject_failed_gold)),
-            auto_review=bool(get("MATCH_CROWD_AUTO_REVIEW", d.auto_review)),
-            title=str(get("MATCH_CROWD_TITLE", d.title)),
-            media_ttl=int(get("MATCH_CROWD_MEDIA_TTL", d.media_ttl)),
+            endpoint=str(get("MATCH_CROWD_ENDPOINT")),
+            reward_cents=T.cents(get("MATCH_CROWD_REWARD")),
+            bonus_cents=T.cents(get("MATCH_CROWD_BONUS")),
+            assignments=get("MATCH_CROWD_ASSIGNMENTS"),
+            max_assignments=get("MATCH_CROWD_MAX_ASSIGNMENTS"),
+            confidence=get("MATCH_CROWD_CONFIDENCE"),
+            max_spread=get("MATCH_CROWD_MAX_SPREAD"),
+            lifetime=get("MATCH_CROWD_LIFETIME"),
+            assignment_duration=get("MATCH_CROWD_ASSIGNMENT_DURATION"),
+            auto_approval_delay=get("MATCH_CROWD_AUTO_APPROVAL_DELAY"),
+            qualifications=tuple(get("MATCH_CROWD_QUALIFICATIONS")),
+            budget_cents=T.cents(get("MATCH_CROWD_BUDGET")),
+            block_below=get("MATCH_CROWD_BLOCK_BELOW"),
+            block_min_gold=get("MATCH_CROWD_BLOCK_MIN_GOLD"),
+            reject_failed_gold=get("MATCH_CROWD_REJECT_FAILED_GOLD"),
+            auto_review=get("MATCH_CROWD_AUTO_REVIEW"),
+            title=get("MATCH_CROWD_TITLE"),
+            media_ttl=get("MATCH_CROWD_MEDIA_TTL"),
         )
 
 

@@ -341,3 +341,17 @@ def test_manual_review_holds_bonuses_until_a_person_decides(make: Any) -> None:
     paid = {b["assignment_id"] for b in harness.service.state.bonuses(state="paid")}
     assert first["assignment_id"] not in paid
     assert list(harness.service.turk.list_hits()) == []
+
+
+def test_settings_parse_raw_values_with_the_settings_table() -> None:
+    """A raw "false" is false (``bool("false")`` would be true), and defaults come from
+    match.config.SETTINGS alone."""
+    from match import config as match_config
+    from match.crowd.service import CrowdSettings
+
+    settings = CrowdSettings.from_config({"MATCH_CROWD_AUTO_REVIEW": "false", "MATCH_CROWD_REWARD": "0.10"})
+    assert settings.auto_review is False and settings.reward_cents == 10
+    defaults = match_config.load(environ={})
+    assert CrowdSettings.from_config({}).budget_cents == round(float(defaults["MATCH_CROWD_BUDGET"]) * 100)
+    with pytest.raises(ValueError, match="MATCH_CROWD_CONFIDENCE"):
+        CrowdSettings.from_config({"MATCH_CROWD_CONFIDENCE": "very"})
