@@ -199,10 +199,11 @@ def delete(store: SignatureStore, filepath: str, settings: Mapping[str, Any] | N
     With ``settings``, its web UI thumbnail goes too (docs/web.md).
     """
     filepath = check_filepath(filepath)
-    record = store.get(filepath) if settings is not None else None
+    thumbnails = settings is not None and bool(settings.get("MATCH_THUMBNAILS"))
+    record = store.get(filepath) if thumbnails else None  # its sha256 names the thumbnail
     if not store.delete(filepath):
         raise NotFound(f"no image is stored under filepath {filepath!r}")
-    if record is not None and settings is not None:
+    if record is not None and settings is not None:  # thumbnails were on
         from match.web import thumbs
 
         thumbs.remove(settings, record.sha256 or record.metadata.get(SHA256_KEY))

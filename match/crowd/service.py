@@ -776,11 +776,15 @@ class CrowdService:
 
     def _estimate(self, task: Row) -> tuple[dict[str, Any], bool]:
         """The task's posterior from its counted votes; (result, confident?)."""
-        votes = [a for a in self.state.assignments(task_id=task["id"]) if a["counted"]]
-        workers = {w["worker_id"]: w for w in self.state.workers()}
-        skills = {wid: skill(w["gold_exact"], w["gold_total"]) for wid, w in workers.items()}
+        assignments = self.state.assignments(task_id=task["id"])
+        votes = [a for a in assignments if a["counted"]]
+        skills = {}
+        for vote in votes:  # only the voters' records: this runs for every open task on every sync
+            worker = self.state.worker(vote["worker_id"])
+            if worker is not None:
+                skills[vote["worker_id"]] = skill(worker["gold_exact"], worker["gold_total"])
         table = [(task["id"], v["worker_id"], v["label"]) for v in votes]
-        answers = len(self.state.assignments(task_id=task["id"]))
+        answers = len(assignments)
         if not table:
             return {"similarityScore": None, "votes": 0, "answers": answers}, False
         model = WeightedVote(skills=skills, labels=T.LABELS).fit(table)
