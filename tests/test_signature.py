@@ -6,11 +6,7 @@ plus scikit-image): these tests fail, never skip, without it.
 
 from __future__ import annotations
 
-import io
-import statistics
-import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -304,33 +300,3 @@ def test_words_and_distances_reject_wrong_shapes() -> None:
         signature.words(np.zeros(10, np.int8))
     with pytest.raises(ValueError):
         signature.distances(np.zeros(648, np.int8), np.zeros((3, 10), np.int8))
-
-
-# --- speed ---------------------------------------------------------------------------
-
-
-def _median_ms(function: Callable[[], object], runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
-
-
-@pytest.mark.slow
-def test_faster_than_image_match(photo_paths: list[Path]) -> None:
-    """At least 3x image-match's generate_signature on the same 1600x1200 JPEG bytes
-    (bench/signature_speed.py reports the figures). Interleaved runs, median ratio, so
-    that a busy machine slows both sides alike."""
-    photo = Image.open(photo_paths[0]).convert("RGB").resize((1600, 1200))
-    buffer = io.BytesIO()
-    photo.save(buffer, "JPEG", quality=90)
-    data = buffer.getvalue()
-    assert np.array_equal(signature.generate(image.load_rgb(data)), oracle_signature(data))
-    ratios = []
-    for _ in range(5):
-        theirs = _median_ms(lambda: oracle_signature(data), 3)
-        ours = _median_ms(lambda: signature.generate(image.load_rgb(data)), 3)
-        ratios.append(theirs / ours)
-    assert statistics.median(ratios) >= 3.0, ratios
