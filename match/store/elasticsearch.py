@@ -192,6 +192,40 @@ def _error_type(exc: elasticsearch.ApiError) -> str:
     return str(error.get("type", "")) if isinstance(error, dict) else ""
 
 
+#: Error types a cluster gives while a node leaves or a shard moves: the same request
+#: succeeds a moment later on another copy. Seen in tests/store/test_es_cluster.py: a
+#: search whose query phase ran on a node that then shut down fails its fetch phase with
+#: ``404 search_context_missing_exception``. These are retried once, then answered 503.
+_TRANSIENT_ERRORS = frozenset({
+    "search_context_missing_exception",
+    "no_shard_available_action_exception",
+    "node_not_connected_exception",
+    "node_disconnected_exception",
+    "node_closed_exception",
+    "connect_transport_exception",
+    "shard_not_found_exception",
+    "primary_missing_action_exception",
+    "unavailable_shards_exception",
+})
+
+#: Seconds to wait before the one retry of a search that failed transiently.
+_TRANSIENT_RETRY_DELAY = 0.25
+
+
+def _item_error_type(error: object) -> str:
+    """The type of an msearch item error: its root cause when the top level is a
+    ``search_phase_execution_exception`` wrapping shard failures."""
+    if not isinstance(error, dict):
+        return ""
+    kind = str(error.get("type", ""))
+    causes = error.get("root_cause")
+    if kind == "search_phase_execution_exception" and isinstance(causes, list) and causes:
+        first = causes[0]
+        if isinstance(first, dict):
+            return str(first.get("type", kind))
+    return kind
+
+
 class ElasticsearchStore(SignatureStore):
     """Signatures in one Elasticsearch index (see the module docstring).
 
@@ -288,6 +322,10 @@ class ElasticsearchStore(SignatureStore):
                     f"elasticsearch {client_version}: pair client and server majors "
                     f"(pip install 'elasticsearch>=8,<9' for an 8.x cluster; see docs/elasticsearch.md): "
                     f"{exc.message}") from exc
+            cause = _item_error_type(exc.body.get("error") if isinstance(exc.body, dict) else None)
+            if cause in _TRANSIENT_ERRORS:
+                raise StoreUnavailable(f"Elasticsearch at {self._where()} could not {action} while "
+                                       f"the cluster moves shards ({cause}); retry") from exc
             if _error_type(exc) in ("index_closed_exception", "cluster_block_exception"):
                 # A closed index, or a block (a read-only index, disk flood stage): the
                 # cluster answers but cannot serve this index now. Retry later (503).
@@ -456,12 +494,21 @@ class ElasticsearchStore(SignatureStore):
         for query in queries:
             for body in self._searches(query):
                 searches += [{"index": self.index}, body]
-        with self._translate("search"):
-            response = self._client.msearch(searches=searches,
-                                            filter_path="responses.hits.hits._id,responses.hits.hits._source,"
-                                                        "responses.error,responses.status")
+        for attempt in (1, 2):
+            with self._translate("search"):
+                response = self._client.msearch(
+                    searches=searches, filter_path="responses.hits.hits._id,responses.hits.hits._source,"
+                                                   "responses.error,responses.status")
+            results = response.get("responses", [])
+            errors = [result["error"] for result in results if "error" in result]
+            if attempt == 1 and errors and all(_item_error_type(error) in _TRANSIENT_ERRORS
+                                               for error in errors):
+                # A node left mid-search: the other copy answers a moment later.
+                time.sleep(_TRANSIENT_RETRY_DELAY)
+                continue
+            break
         candidates: dict[str, Mapping[str, Any]] = {}
-        for result in response.get("responses", []):
+        for result in results:
             if "error" in result:
                 status = int(result.get("status", 500))
                 error = result["error"]
@@ -471,7 +518,8 @@ class ElasticsearchStore(SignatureStore):
                 message = f"Elasticsearch search failed: {status} {error}"
                 blocked = isinstance(error, dict) and error.get("type") in ("index_closed_exception",
                                                                             "cluster_block_exception")
-                if missing or blocked or status in (429, 502, 503, 504):
+                transient = _item_error_type(error) in _TRANSIENT_ERRORS
+                if missing or blocked or transient or status in (429, 502, 503, 504):
                     raise StoreUnavailable(message)
                 raise StoreError(message)
             for hit in result.get("hits", {}).get("hits", []):

@@ -11,6 +11,7 @@ only importer of ``elasticsearch``.
 from __future__ import annotations
 
 import contextlib
+import http.server
 import json
 import socket
 import threading
@@ -452,3 +453,91 @@ def test_store_recovers_when_elasticsearch_comes_back(make_es: MakeStore, es_url
         assert store.list() == ["a.jpg", "b.jpg"]
     finally:
         relay.off()
+
+
+#: The msearch item Elasticsearch 9.5 answered in tests/store/test_es_cluster.py when the
+#: node holding a search's context shut down between the query and fetch phases.
+CONTEXT_MISSING = {
+    "status": 404,
+    "error": {
+        "root_cause": [{"type": "search_context_missing_exception",
+                        "reason": "No search context found for id [[JAl6rQRMSt6jdppfzLG5BQ][29] "
+                                  "searcherId [null]]"}],
+        "type": "search_phase_execution_exception", "reason": "all shards failed",
+        "phase": "fetch", "grouped": True,
+        "failed_shards": [{"shard": 0, "index": "images", "node": "JAl6rQRMSt6jdppfzLG5BQ",
+                           "reason": {"type": "search_context_missing_exception",
+                                      "reason": "No search context found for id [[JAl6rQRMSt6jdppfzLG5BQ]"
+                                                "[29] searcherId [null]]"}}],
+    },
+}
+
+
+@contextlib.contextmanager
+def failing_msearch(es_url: str, failures: int) -> Iterator[tuple[str, list[int]]]:
+    """An HTTP proxy to the real node whose first ``failures`` ``_msearch`` calls answer
+    every item with :data:`CONTEXT_MISSING` (what a failover looks like to a client).
+    Yields the proxy's URL and a list counting the msearch calls it saw."""
+    seen: list[int] = []
+
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        def forward(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if self.path.split("?")[0].endswith("/_msearch"):
+                seen.append(1)
+                if len(seen) <= failures:
+                    items = body.decode().strip().count("\n") // 2 + 1
+                    self.reply(200, {"took": 1, "responses": [CONTEXT_MISSING] * items})
+                    return
+            headers = {name: value for name, value in self.headers.items()
+                       if name.lower() in ("content-type", "accept")}
+            request = urllib.request.Request(f"{es_url}{self.path}", data=body or None,
+                                             method=self.command, headers=headers)
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    self.reply(response.status, json.loads(response.read() or b"null"))
+            except urllib.error.HTTPError as exc:
+                self.reply(exc.code, json.loads(exc.read() or b"null"))
+
+        def reply(self, status: int, payload: Any) -> None:
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/vnd.elasticsearch+json; compatible-with=9")
+            self.send_header("X-Elastic-Product", "Elasticsearch")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = forward
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_search_cut_by_a_failover_is_retried(make_es: MakeStore, es_url: str) -> None:
+    writer = make_es()
+    writer.upsert(Record("a.jpg", random_signature(1)))
+    with failing_msearch(es_url, failures=1) as (url, seen):
+        store = make_es(ELASTICSEARCH_URL=url)
+        assert [m.filepath for m in store.search(random_signature(1))] == ["a.jpg"]
+    assert len(seen) == 2
+
+
+def test_a_search_failing_through_the_retry_is_unavailable_not_an_error(make_es: MakeStore,
+                                                                       es_url: str) -> None:
+    writer = make_es()
+    writer.upsert(Record("a.jpg", random_signature(1)))
+    with failing_msearch(es_url, failures=2) as (url, seen):
+        store = make_es(ELASTICSEARCH_URL=url)
+        with pytest.raises(StoreUnavailable, match="search_context_missing_exception") as caught:
+            store.search(random_signature(1))
+    assert caught.value.status == 503
+    assert len(seen) == 2
