@@ -504,6 +504,8 @@ class ElasticsearchStore(SignatureStore):
             if attempt == 1 and errors and all(_item_error_type(error) in _TRANSIENT_ERRORS
                                                for error in errors):
                 # A node left mid-search: the other copy answers a moment later.
+                log.warning("search failed transiently (%s); retrying once",
+                            ", ".join(sorted({_item_error_type(error) for error in errors})))
                 time.sleep(_TRANSIENT_RETRY_DELAY)
                 continue
             break
