@@ -136,13 +136,16 @@ def store(make_store: Callable[..., SignatureStore]) -> SignatureStore:
 
 
 def drop_index(url: str, index: str) -> None:
-    """Delete a test index (a missing one is fine)."""
+    """Delete a test index and the template match keeps for it (missing ones are fine)."""
     import urllib.error
     import urllib.request
 
-    request = urllib.request.Request(f"{url.rstrip('/')}/{index}", method="DELETE")
-    try:
-        urllib.request.urlopen(request, timeout=30).close()
-    except urllib.error.HTTPError as exc:
-        if exc.code != 404:
-            raise
+    from match.store.elasticsearch import template_name
+
+    for path in (index, f"_index_template/{template_name(index)}"):
+        request = urllib.request.Request(f"{url.rstrip('/')}/{path}", method="DELETE")
+        try:
+            urllib.request.urlopen(request, timeout=30).close()
+        except urllib.error.HTTPError as exc:
+            if exc.code != 404:
+                raise

@@ -104,6 +104,16 @@ _BULK_MIN_TIMEOUT = 30.0
 _CANDIDATE_SOURCE = ["filepath", "signature", "metadata"]
 
 
+#: Priority of the index template match keeps for its index (above the built-in
+#: templates' 100-ish, so an overlapping catch-all one doesn't win).
+_TEMPLATE_PRIORITY = 500
+
+
+def template_name(index: str) -> str:
+    """Name of the index template that carries match's mapping for ``index``."""
+    return f"match-{index}"
+
+
 def document_id(filepath: str) -> str:
     """The ``_id`` of a filepath's document: the hex SHA-256 of its UTF-8 bytes."""
     return hashlib.sha256(filepath.encode("utf-8")).hexdigest()
@@ -350,6 +360,7 @@ class ElasticsearchStore(SignatureStore):
             if self._ready:
                 return
             with self._translate(f"create index {self.index!r}"):
+                self._put_template()
                 try:
                     self._client.indices.create(index=self.index, **self._index_body)
                     log.info("created Elasticsearch index %r", self.index)
@@ -365,6 +376,29 @@ class ElasticsearchStore(SignatureStore):
                         + "; ".join(problems)
                         + ". Point MATCH_INDEX at a new index name (match creates it) or reindex.")
             self._ready = True
+
+    def _put_template(self) -> None:
+        """Keep an index template with match's settings and mapping for exactly this index.
+
+        Elasticsearch creates a missing index on the first write to it. Without the
+        template, an index deleted while match runs (``curl -XDELETE .../images`` is how
+        match users have always reset it) comes back from the next ``/add`` with a
+        dynamic mapping on which every search fails; with it, it comes back as match
+        creates it. Refused (no ``manage_index_templates`` privilege, or another
+        template at this priority overlapping the name): logged, and match goes on.
+        """
+        try:
+            self._client.indices.put_index_template(
+                name=template_name(self.index), index_patterns=[self.index], priority=_TEMPLATE_PRIORITY,
+                template=self._index_body,
+                meta={"managed_by": "match", "description": f"match's mapping for the index {self.index!r}, "
+                      "used when a write recreates it after it was deleted"})
+        except elasticsearch.ApiError as exc:
+            if exc.meta.status not in (400, 403):
+                raise
+            log.warning("could not keep the index template %r (%s %s): if index %r is deleted while "
+                        "match runs, restart match after the next write", template_name(self.index),
+                        exc.meta.status, _error_type(exc) or exc.message, self.index)
 
     def check(self) -> None:
         """Raise StoreUnavailable unless the index exists and its health is not red."""
@@ -515,8 +549,10 @@ class ElasticsearchStore(SignatureStore):
                 status = int(result.get("status", 500))
                 error = result["error"]
                 missing = isinstance(error, dict) and error.get("type") == "index_not_found_exception"
-                if missing:
-                    self._ready = False  # recreated on the next call
+                if missing or status == 400:
+                    # Missing: recreated on the next call. 400: the query doesn't fit the
+                    # mapping (an index replaced under match): checked on the next call.
+                    self._ready = False
                 message = f"Elasticsearch search failed: {status} {error}"
                 blocked = isinstance(error, dict) and error.get("type") in ("index_closed_exception",
                                                                             "cluster_block_exception")

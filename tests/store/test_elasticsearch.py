@@ -31,7 +31,8 @@ from match import config as match_config
 from match import signature as sig
 from match.errors import IncompatibleIndex, StoreError, StoreUnavailable
 from match.store import Record, open_store
-from match.store.elasticsearch import WORD_FIELDS, ElasticsearchStore, document_id, index_body
+from match.store.elasticsearch import WORD_FIELDS, ElasticsearchStore, document_id, index_body, template_name
+from tests.conftest import drop_index
 
 pytestmark = pytest.mark.elasticsearch
 
@@ -61,7 +62,7 @@ def index_name(es_url: str) -> Iterator[str]:
     """A fresh index name, deleted after the test."""
     name = f"match-test-{uuid.uuid4().hex[:12]}"
     yield name
-    es(es_url, "DELETE", f"/{name}", ok404=True)
+    drop_index(es_url, name)
 
 
 @pytest.fixture
@@ -346,6 +347,38 @@ def test_recall_on_edited_photos(make_es: MakeStore, photo_paths: list[Path]) ->
 
 
 # --- failure -------------------------------------------------------------------------
+
+
+def test_an_index_deleted_while_match_runs_comes_back_with_its_mapping(make_es: MakeStore, es_url: str,
+                                                                      index_name: str) -> None:
+    store = make_es()
+    store.upsert(Record("a.jpg", random_signature(1)))
+    template = es(es_url, "GET", f"/_index_template/{template_name(index_name)}")
+    (entry,) = template["index_templates"]
+    assert entry["index_template"]["index_patterns"] == [index_name]
+    # How match users reset an index. Elasticsearch recreates it on the next write,
+    # from match's template: not with a dynamic mapping on which every search fails.
+    es(es_url, "DELETE", f"/{index_name}")
+    store.upsert(Record("b.jpg", random_signature(2)))
+    mappings = es(es_url, "GET", f"/{index_name}/_mapping")[index_name]["mappings"]
+    assert mappings["dynamic"] == "strict"
+    assert mappings["properties"]["vector"]["type"] == "dense_vector"
+    assert [m.filepath for m in store.search(random_signature(2))] == ["b.jpg"]
+    assert store.search(random_signature(1)) == []
+    assert store.count() == 1
+
+
+def test_an_index_replaced_under_match_is_named_on_the_next_call(make_es: MakeStore, es_url: str,
+                                                                index_name: str) -> None:
+    store = make_es()
+    store.upsert(Record("a.jpg", random_signature(1)))
+    es(es_url, "DELETE", f"/_index_template/{template_name(index_name)}")
+    es(es_url, "DELETE", f"/{index_name}")
+    es(es_url, "PUT", f"/{index_name}", {"mappings": {"properties": {"vector": {"type": "float"}}}})
+    with pytest.raises(StoreError):
+        store.search(random_signature(1))
+    with pytest.raises(IncompatibleIndex, match="vector"):
+        store.search(random_signature(1))
 
 
 def test_closed_port_is_unavailable_within_the_timeout(make_es: MakeStore) -> None:
