@@ -25,6 +25,7 @@ SCRIPTS = [
     ("quality", ["--smoke"], False, "recall@1"),
     ("http_load", ["--smoke"], False, "requests/s"),
     ("exif_orientation", ["--smoke"], False, "8 orientations"),
+    ("crowd_loop", ["--smoke"], False, "bound: exact Bayes"),
     ("es_scale", ["--smoke"], True, "anchor 8"),
     ("ingest", ["--smoke"], True, "match add DIR"),
     ("es_recall", ["--images", "300", "--queries", "10"], True, "recall"),
