@@ -387,6 +387,11 @@ def _add_files(store: SignatureStore, settings: dict[str, Any], files: list[tupl
 
     def flush() -> None:
         summary.added += store.upsert_many(batch)
+        if settings.get("MATCH_THUMBNAILS"):  # made by the signing processes; claimed once stored
+            from match.web import thumbs
+
+            for record in batch:
+                thumbs.claim(settings, record.sha256, record.filepath)
         batch.clear()
 
     with click.progressbar(length=len(files), label="signing", file=sys.stderr) as bar:

@@ -190,6 +190,7 @@ def add(store: SignatureStore, settings: Mapping[str, Any], *, filepath: str, da
         from match.web import thumbs
 
         thumbs.save(settings, data, record.sha256)
+        thumbs.claim(settings, record.sha256, record.filepath)
     return record
 
 
@@ -206,7 +207,7 @@ def delete(store: SignatureStore, filepath: str, settings: Mapping[str, Any] | N
     if record is not None and settings is not None:  # thumbnails were on
         from match.web import thumbs
 
-        thumbs.remove(settings, record.sha256 or record.metadata.get(SHA256_KEY))
+        thumbs.remove(settings, record.sha256 or record.metadata.get(SHA256_KEY), record.filepath)
 
 
 def search(store: SignatureStore, settings: Mapping[str, Any], data: bytes, *,

@@ -227,3 +227,25 @@ def test_search_and_add_by_url(tmp_path: Path, photo_paths: list[Path], image_se
     refused = client.post("/ui/search", data={"url": "http://169.254.169.254/latest/meta-data"})
     assert refused.status_code == 400 and 'role="alert"' in refused.get_data(as_text=True)
     close_store(app)
+
+
+def test_a_thumbnail_shared_by_two_filepaths_stays_until_both_are_deleted(tmp_path: Path,
+                                                                          photo_paths: list[Path]) -> None:
+    from match import service
+    from match.store import open_store
+
+    settings = match_config.load({"MATCH_DATA_DIR": str(tmp_path), "MATCH_STORE": "local",
+                                  "MATCH_THUMBNAILS": True}, environ={})
+    data = photo_paths[0].read_bytes()
+    with open_store(settings) as store:
+        first = service.add(store, settings, filepath="a.jpg", data=data)
+        service.add(store, settings, filepath="copy-of-a.jpg", data=data)
+        assert thumbs.exists(settings, first.sha256)
+        service.delete(store, "a.jpg", settings)
+        assert thumbs.exists(settings, first.sha256)  # copy-of-a.jpg still shows it
+        service.add(store, settings, filepath="a.jpg", data=data)
+        service.delete(store, "a.jpg", settings)
+        service.delete(store, "copy-of-a.jpg", settings)
+        assert not thumbs.exists(settings, first.sha256)
+    assert list((tmp_path / "thumbs").glob("*.jpg")) == []
+    assert [p.name for p in (tmp_path / "thumbs" / "refs").iterdir() if not p.name.startswith(".lock")] == []
