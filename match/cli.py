@@ -487,7 +487,7 @@ def delete(filepath: str) -> None:
     app = _app()
     store = _store(app)
     try:
-        _run(lambda: service.delete(store, filepath))
+        _run(lambda: service.delete(store, filepath, app.config))
     finally:
         _close(app)
     click.echo(f"deleted {filepath}", err=True)

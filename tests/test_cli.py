@@ -80,8 +80,11 @@ def test_add_search_compare_count_list_delete(env: dict[str, str], photo_dir: Pa
     result = json.loads(compared.stdout)
     assert 55 < result["score"] < 100 and result["distance"] == pytest.approx(1 - result["score"] / 100)
 
+    thumbs = tmp_path / "data" / "thumbs"
+    assert len(list(thumbs.glob("*.jpg"))) == 6  # made by the signing processes, claimed once stored
     assert run(env, "delete", "photos/p1.jpg").exit_code == 0
     assert run(env, "count").stdout.strip() == "5"
+    assert len(list(thumbs.glob("*.jpg"))) == 5  # its thumbnail went with it
     missing = run(env, "delete", "photos/p1.jpg")
     assert missing.exit_code == EXIT_FAILED and "photos/p1.jpg" in missing.stderr
 
