@@ -460,9 +460,14 @@ class ElasticsearchStore(SignatureStore):
 
     def _delete(self, filepath: str) -> bool:
         self._ensure_index()
+        doc_id = document_id(filepath)
         with self._translate(f"delete {filepath!r}"):
             try:
-                self._client.delete(index=self.index, id=document_id(filepath), refresh=self.refresh)
+                if self.refresh == "wait_for":
+                    # A delete waits for the next refresh (up to refresh_interval, 1 s) even
+                    # when there is nothing to delete; a realtime get answers a miss at once.
+                    self._client.get(index=self.index, id=doc_id, source=False)
+                self._client.delete(index=self.index, id=doc_id, refresh=self.refresh)
             except elasticsearch.NotFoundError as exc:
                 if _error_type(exc) == "index_not_found_exception":
                     raise

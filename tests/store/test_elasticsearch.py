@@ -381,6 +381,18 @@ def test_an_index_replaced_under_match_is_named_on_the_next_call(make_es: MakeSt
         store.search(random_signature(1))
 
 
+def test_deleting_a_missing_filepath_does_not_wait_for_a_refresh(make_es: MakeStore, es_url: str,
+                                                                 index_name: str) -> None:
+    store = make_es(MATCH_ES_TIMEOUT=2.0)
+    store.upsert(Record("a.jpg", random_signature(1)))
+    # With refreshes 60 s apart, a delete waiting for one would time out (503).
+    es(es_url, "PUT", f"/{index_name}/_settings", {"index": {"refresh_interval": "60s"}})
+    assert store.delete("missing.jpg") is False
+    es(es_url, "PUT", f"/{index_name}/_settings", {"index": {"refresh_interval": "1s"}})
+    assert store.delete("a.jpg") is True
+    assert store.search(random_signature(1)) == []
+
+
 def test_closed_port_is_unavailable_within_the_timeout(make_es: MakeStore) -> None:
     timeout = 1.0
     started = time.monotonic()
