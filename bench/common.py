@@ -325,72 +325,7 @@ def word_stats(signatures: np.ndarray) -> str:
             f"of documents; distinct values per field {distinct:.1%} of documents")
 
 
-# --- a match server ----------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now (127.0.0.1)."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-class Server:
-    """``match serve`` (gunicorn, ``workers`` sync workers) in a child process.
-
-    ``env`` holds the MATCH_* settings. Use as a context manager: it waits for
-    ``/ping`` on entry and stops the server (SIGTERM, then SIGKILL) on exit.
-    """
-
-    def __init__(self, env: dict[str, str], workers: int | None = None, log: Path | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.workers = workers or 2 * (os.cpu_count() or 1)
-        self.env = {**os.environ, "MATCH_ACCESS_LOG": "false", **env}
-        self.log = log
-        self.process: Any = None
-
-    def __enter__(self) -> Server:
-        import subprocess
-        import sys
-        import urllib.request
-
-        output = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "match", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-             "--workers", str(self.workers)], env=self.env, stdout=output, stderr=output,
-            cwd=Path(__file__).resolve().parent.parent)
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"match serve exited with {self.process.returncode}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/ping", timeout=2):
-                    return self
-            except OSError:
-                time.sleep(0.2)
-        self.__exit__()
-        raise RuntimeError("match serve did not answer /ping within 60 s")
-
-    def worker_pids(self) -> list[int]:
-        """PIDs of the gunicorn workers (children of the master)."""
-        pid = self.process.pid
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        return [int(child) for child in children]
-
-    def __exit__(self, *exc: object) -> None:
-        import subprocess
-
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+# --- HTTP bodies and JPEGs for the serving benches (bench/serving.py runs the server) ----
 
 
 def multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> tuple[bytes, str]:

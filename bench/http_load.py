@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import requests
 
-from bench import common
+from bench import common, serving
 from match.store import Record
 from match.store.local import LocalStore
 
@@ -114,9 +114,9 @@ def python_load(url: str, body: bytes, content_type: str, seconds: int, connecti
             "p50_us": common.percentile(latencies, 50), "p99_us": common.percentile(latencies, 99)}
 
 
-def rss_mb(server: common.Server) -> list[float]:
+def rss_mb(server: serving.Server) -> list[float]:
     """RSS of each gunicorn worker, MB."""
-    return [common.rss_bytes(pid) / 1e6 for pid in server.worker_pids()]
+    return [common.rss_bytes(pid) / 1e6 for pid in serving.worker_pids(server.process.pid)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         fill_store(work, args.records)
         file_bytes = sum(path.stat().st_size for path in work.glob("match.sqlite3*"))
         env = {"MATCH_STORE": "local", "MATCH_DATA_DIR": str(work)}
-        with common.Server(env, log=work / "server.log") as server:
+        workers = 2 * (os.cpu_count() or 1)
+        with serving.run({**env, "MATCH_ACCESS_LOG": "false"}, directory=work, workers=workers) as server:
             time.sleep(1)
             idle = rss_mb(server)
             for label, (path, fields, files) in scenarios.items():
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                              result["requests"], result["errors"]])
                 print(f"  {label}: {result['rps']:.1f} requests/s, {result['errors']} errors", flush=True)
             busy = rss_mb(server)
-    print(f"\n{server.workers} gunicorn workers, {args.connections} connections, "
+    print(f"\n{workers} gunicorn workers, {args.connections} connections, "
           f"{args.seconds} s per scenario, "
           f"embedded store of {args.records:,} records ({file_bytes / args.records:,.0f} file bytes/record)")
     print(common.table(rows, ["scenario", "requests/s", "p50 ms", "p99 ms", "requests", "errors"]))

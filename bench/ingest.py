@@ -39,6 +39,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -46,7 +47,7 @@ from pathlib import Path
 import requests
 from elasticsearch import Elasticsearch
 
-from bench import common
+from bench import common, serving
 
 
 def _env(url: str, index: str, **extra: str) -> dict[str, str]:
@@ -68,7 +69,9 @@ def run_cli(url: str, index: str, directory: Path, jobs: int | None = None) -> f
 
 def run_http(url: str, index: str, files: list[Path], clients: int, refresh: str) -> float:
     """Seconds for ``clients`` loops posting one /add per image to match serve."""
-    with common.Server(_env(url, index, MATCH_ES_REFRESH=refresh)) as server:
+    with tempfile.TemporaryDirectory(prefix="match-bench-ingest-") as work, \
+            serving.run({**_env(url, index, MATCH_ES_REFRESH=refresh), "MATCH_ACCESS_LOG": "false"},
+                        directory=Path(work), workers=2 * (os.cpu_count() or 1)) as server:
         # Create the index before timing (the first request would otherwise pay it).
         requests.get(f"{server.url}/count", timeout=60).raise_for_status()
 

@@ -1,8 +1,12 @@
-"""Run ``match serve`` (gunicorn) on a free loopback port, for the hardening scripts
-(bench/fuzz.py, bench/load.py) and their CI versions in tests/test_hardening.py.
+"""Run ``match serve`` (gunicorn) on a free loopback port: the one launcher of the real
+server, for the bench scripts (fuzz, load, http_load, ingest) and the tests
+(tests/servers.py wraps it with request helpers and a clean-exit check).
 
 >>> with serve("local", workers=4) as server:        # doctest: +SKIP
 ...     requests.get(server.url + "/count").json()
+
+:func:`run` starts it with exactly the settings given; :func:`serve` first makes a
+fresh store for it (a temporary MATCH_DATA_DIR, or a new Elasticsearch index).
 """
 
 from __future__ import annotations
@@ -18,13 +22,13 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-__all__ = ["Server", "serve", "free_port", "drop_index", "worker_pids"]
+__all__ = ["Server", "run", "serve", "free_port", "drop_index", "worker_pids"]
 
 
 def free_port() -> int:
@@ -64,10 +68,17 @@ def worker_pids(master: int) -> list[int]:
 
 
 def drop_index(url: str, index: str) -> None:
-    """Delete an Elasticsearch index (missing is fine)."""
-    request = urllib.request.Request(f"{url.rstrip('/')}/{index}", method="DELETE")
-    with contextlib.suppress(urllib.error.HTTPError):
-        urllib.request.urlopen(request, timeout=30).close()
+    """Delete an Elasticsearch index and the template match keeps for it (missing ones
+    are fine; any other refusal raises)."""
+    from match.store.elasticsearch import template_name
+
+    for path in (index, f"_index_template/{template_name(index)}"):
+        request = urllib.request.Request(f"{url.rstrip('/')}/{path}", method="DELETE")
+        try:
+            urllib.request.urlopen(request, timeout=30).close()
+        except urllib.error.HTTPError as exc:
+            if exc.code != 404:
+                raise
 
 
 def _wait_until_up(server: Server, timeout: float, workers: int = 1) -> None:
@@ -87,39 +98,53 @@ def _wait_until_up(server: Server, timeout: float, workers: int = 1) -> None:
 
 
 @contextlib.contextmanager
+def run(settings: Mapping[str, str], *, directory: Path, workers: int = 4, timeout: int = 60,
+        cwd: Path | None = None) -> Iterator[Server]:
+    """``match serve`` with ``settings`` as its only MATCH_* environment (inherited
+    MATCH_*, PROMETHEUS_* and ELASTICSEARCH_URL are dropped), logging to
+    ``directory/server-<port>.log``; up once ``/ping`` answers and ``workers`` workers
+    run. On exit: SIGTERM (graceful), SIGKILL after 40 s; ``process.returncode`` says
+    how it ended."""
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("MATCH_", "PROMETHEUS_")) and key != "ELASTICSEARCH_URL"}
+    env.update({"PYTHONPATH": str(ROOT), **settings})
+    port = free_port()
+    log = directory / f"server-{port}.log"
+    with open(log, "wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "match", "serve", "--workers", str(workers), "--host", "127.0.0.1",
+             "--port", str(port), "--timeout", str(timeout)],
+            env=env, cwd=cwd or directory, stdout=output, stderr=subprocess.STDOUT)
+    server = Server(f"http://127.0.0.1:{port}", process, log, env)
+    try:
+        _wait_until_up(server, 60, workers)
+        yield server
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@contextlib.contextmanager
 def serve(store: str = "local", *, workers: int = 4, es_url: str | None = None, timeout: int = 60,
           directory: Path | None = None, **settings: str) -> Iterator[Server]:
-    """``match serve`` on a fresh store (a temp MATCH_DATA_DIR or a new index); stopped
-    with SIGTERM (and the index dropped) on exit. ``settings`` are extra MATCH_* values."""
+    """:func:`run` on a fresh store (a temp MATCH_DATA_DIR or a new index, dropped on
+    exit). ``settings`` are extra MATCH_* values."""
     with contextlib.ExitStack() as stack:
         if directory is None:
             directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="match-serve-")))
-        env = {key: value for key, value in os.environ.items()
-               if not key.startswith(("MATCH_", "PROMETHEUS_"))}
-        env.update({"PYTHONPATH": str(ROOT), "MATCH_STORE": store, "MATCH_DATA_DIR": str(directory / "data"),
-                    "MATCH_LOG_LEVEL": "warning"})
+        env = {"MATCH_STORE": store, "MATCH_DATA_DIR": str(directory / "data"), "MATCH_LOG_LEVEL": "warning"}
         index = f"match-serve-{uuid.uuid4().hex[:12]}"
         if store == "elasticsearch":
             env.update({"ELASTICSEARCH_URL": es_url or "http://127.0.0.1:9200", "MATCH_INDEX": index})
         env.update(settings)
-        port = free_port()
-        log = directory / "server.log"
-        with open(log, "wb") as output:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "match", "serve", "--workers", str(workers), "--host", "127.0.0.1",
-                 "--port", str(port), "--timeout", str(timeout)],
-                env=env, cwd=directory, stdout=output, stderr=subprocess.STDOUT)
-        server = Server(f"http://127.0.0.1:{port}", process, log, env)
         try:
-            _wait_until_up(server, 60, workers)
-            yield server
+            with run(env, directory=directory, workers=workers, timeout=timeout) as server:
+                yield server
         finally:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=40)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
             if store == "elasticsearch":
                 drop_index(env["ELASTICSEARCH_URL"], index)

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from bench.serving import drop_index
 from match import config as match_config
 from match.store import SignatureStore, open_store
 
@@ -133,19 +134,3 @@ def make_store(backend: str, tmp_path: Path,
 @pytest.fixture
 def store(make_store: Callable[..., SignatureStore]) -> SignatureStore:
     return make_store()
-
-
-def drop_index(url: str, index: str) -> None:
-    """Delete a test index and the template match keeps for it (missing ones are fine)."""
-    import urllib.error
-    import urllib.request
-
-    from match.store.elasticsearch import template_name
-
-    for path in (index, f"_index_template/{template_name(index)}"):
-        request = urllib.request.Request(f"{url.rstrip('/')}/{path}", method="DELETE")
-        try:
-            urllib.request.urlopen(request, timeout=30).close()
-        except urllib.error.HTTPError as exc:
-            if exc.code != 404:
-                raise

@@ -12,10 +12,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import io
-import os
-import signal
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,10 +20,10 @@ import pytest
 import requests
 from PIL import Image
 
+from bench.serving import drop_index, free_port
 from tests.conftest import ImageServer
-from tests.servers import Server, free_port, wait_until_up
+from tests.servers import Server, serve
 
-ROOT = Path(__file__).resolve().parent.parent
 WORKERS = 4
 PHOTOS = 20
 
@@ -47,37 +43,18 @@ def resized_copy(data: bytes) -> bytes:
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """``match serve --workers 4`` on a fresh store of each backend."""
     directory = tmp_path_factory.mktemp(f"e2e-{request.param}")
-    env = {key: value for key, value in os.environ.items() if not key.startswith("MATCH_")}
-    env.update({"PYTHONPATH": str(ROOT), "MATCH_STORE": request.param,
-                "MATCH_DATA_DIR": str(directory / "data"), "MATCH_FETCH_ALLOW_NETWORKS": "127.0.0.0/8",
-                "MATCH_MAX_UPLOAD_BYTES": str(8 << 20)})
+    settings = {"MATCH_STORE": request.param, "MATCH_DATA_DIR": str(directory / "data"),
+                "MATCH_FETCH_ALLOW_NETWORKS": "127.0.0.0/8", "MATCH_MAX_UPLOAD_BYTES": str(8 << 20)}
     index = f"match-e2e-{uuid.uuid4().hex[:12]}"
     if request.param == "elasticsearch":
-        env.update({"ELASTICSEARCH_URL": request.getfixturevalue("es_url"), "MATCH_INDEX": index})
-    port = free_port()
-    log = directory / "server.log"
-    with open(log, "wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "match", "serve", "--workers", str(WORKERS), "--host", "127.0.0.1",
-             "--port", str(port), "--timeout", "60"],
-            env=env, cwd=directory, stdout=output, stderr=subprocess.STDOUT)
-    running = Server(f"http://127.0.0.1:{port}", process, log)
+        settings.update({"ELASTICSEARCH_URL": request.getfixturevalue("es_url"), "MATCH_INDEX": index})
     try:
-        wait_until_up(running)
-        yield running
+        with serve(directory, settings, workers=WORKERS) as running:  # fails unless it exits cleanly
+            yield running
     finally:
-        process.send_signal(signal.SIGTERM)  # graceful shutdown
-        try:
-            code = process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            raise
         if request.param == "elasticsearch":
-            from tests.conftest import drop_index
-
-            drop_index(env["ELASTICSEARCH_URL"], index)
-    assert code == 0, log.read_text(errors="replace")[-3000:]
-    assert '"method": "POST", "path": "/add"' in log.read_text(errors="replace")  # JSON access log on
+            drop_index(settings["ELASTICSEARCH_URL"], index)
+    assert '"method": "POST", "path": "/add"' in running.log_text()  # JSON access log on
 
 
 @pytest.fixture(scope="module")

@@ -25,8 +25,9 @@ from flask.testing import FlaskClient
 from PIL import Image, ImageOps
 from werkzeug.test import TestResponse
 
+from bench.serving import drop_index
 from match.app import close_store, create_app
-from tests.conftest import drop_index, store_settings
+from tests.conftest import store_settings
 
 #: Bodies over this many bytes are refused in the API tests (413).
 UPLOAD_LIMIT = 3_000_000

@@ -27,12 +27,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bench.serving import drop_index, free_port
 from match import config as match_config
 from match import signature as sig
 from match.errors import IncompatibleIndex, StoreError, StoreUnavailable
 from match.store import Record, open_store
 from match.store.elasticsearch import WORD_FIELDS, ElasticsearchStore, document_id, index_body, template_name
-from tests.conftest import drop_index
 
 pytestmark = pytest.mark.elasticsearch
 
@@ -81,13 +81,6 @@ def make_es(es_url: str, index_name: str, tmp_path: Path) -> Iterator[MakeStore]
     yield make
     for store in opened:
         store.close()
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --- the mapping ----------------------------------------------------------------------
