@@ -362,12 +362,13 @@ def add(paths: Sequence[str], metadata: str | None, jobs: int | None, batch_size
     replacing any record with that filepath. Files that can't be signed are skipped
     and listed at the end; the exit code is 1 when nothing was added.
     """
-    meta = _run(lambda: service.parse_metadata(metadata, field="--metadata"))
+    app = _app()
+    settings = dict(app.config)
+    meta = _run(lambda: service.parse_metadata(metadata, field="--metadata",
+                                               max_bytes=service.metadata_limit(settings)))
     files = list(_walk(paths))
     if not files:
         raise CommandError("no image files found in " + ", ".join(paths))
-    app = _app()
-    settings = dict(app.config)
     store = _store(app)
     summary = _AddSummary()
     try:

@@ -137,6 +137,12 @@ def check_filepath(filepath: Any, field: str = "filepath") -> str:
     return filepath
 
 
+def metadata_limit(settings: Mapping[str, Any]) -> int | None:
+    """``MATCH_MAX_METADATA_BYTES`` (None when ``settings`` don't say, as in bare library use)."""
+    value = settings.get("MATCH_MAX_METADATA_BYTES")
+    return None if value is None else int(value)
+
+
 def parse_metadata(raw: Any, field: str = "metadata", *, max_bytes: int | None = None) -> dict[str, Any]:
     """Parse the ``metadata`` field: a JSON object given as text (or, from JSON, an object).
 
@@ -182,7 +188,8 @@ def add(store: SignatureStore, settings: Mapping[str, Any], *, filepath: str, da
     Everything is checked before the single upsert, so nothing is stored on failure.
     """
     filepath = check_filepath(filepath)
-    meta = parse_metadata(dict(metadata) if metadata is not None else None)
+    meta = parse_metadata(dict(metadata) if metadata is not None else None,
+                          max_bytes=metadata_limit(settings))
     record = make_record(filepath, sign(data, settings), meta)
     store.upsert(record)
     if settings.get("MATCH_THUMBNAILS"):
@@ -202,7 +209,7 @@ def delete(store: SignatureStore, filepath: str, settings: Mapping[str, Any] | N
     filepath = check_filepath(filepath)
     thumbnails = settings is not None and bool(settings.get("MATCH_THUMBNAILS"))
     record = store.get(filepath) if thumbnails else None  # its sha256 names the thumbnail
-    if not store.delete(filepath):
+    if (thumbnails and record is None) or not store.delete(filepath):
         raise NotFound(f"no image is stored under filepath {filepath!r}")
     if record is not None and settings is not None:  # thumbnails were on
         from match.web import thumbs

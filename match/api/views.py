@@ -54,8 +54,9 @@ def add() -> Response:
     """Sign the image (``url`` or ``image``) and store it under ``filepath``."""
     fields = _fields()
     filepath = service.check_filepath(fields.text("filepath"))
+    # Checked here too (service.add checks it again) so a bad one costs no fetch.
     metadata = service.parse_metadata(fields.raw("metadata"),
-                                      max_bytes=int(current_app.config["MATCH_MAX_METADATA_BYTES"]))
+                                      max_bytes=service.metadata_limit(current_app.config))
     data = fields.image("url", "image", get_fetcher())
     service.add(get_store(), current_app.config, filepath=filepath, data=data, metadata=metadata)
     return respond("add", [])

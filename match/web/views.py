@@ -294,7 +294,9 @@ def search() -> Response:
 
 def _results(form: SearchForm, key: str, data: bytes, notice: dict[str, int] | None = None) -> Response:
     """The search page with the results of the kept query image ``key`` (bytes ``data``)."""
-    context: dict[str, Any] = {"form": form, "key": key, "hits": None, "query_src": thumbs.data_uri(data),
+    # The query's preview is decoded only once the search (and so its size, pixel and
+    # format checks) has passed: thumbs.make has none of those limits.
+    context: dict[str, Any] = {"form": form, "key": key, "hits": None, "query_src": None,
                                "errors": list(form.errors), "verdicts": {}, "notice": notice}
     if form.errors:
         return _page("search.html", 400, **context)
@@ -305,6 +307,7 @@ def _results(form: SearchForm, key: str, data: bytes, notice: dict[str, int] | N
         context["errors"].append(_explain(error))
         return _page("search.html", error.status, **context)
     context["hits"] = _hits(matches)
+    context["query_src"] = thumbs.data_uri(data)
     context["verdicts"] = _verdicts(data, [m.filepath for m in matches])
     return _page("search.html", **context)
 
@@ -414,9 +417,10 @@ def _browse(page: int, errors: list[str], status: int) -> Response:
                      errors=[*errors, _explain(error)], added=None, deleted=None)
     entries = [{"filepath": r.filepath, "metadata": _shown_metadata(r.metadata),
                 "picture": _picture(r.filepath, r.metadata)} for r in records if r is not None]
-    added = request.args.get("added")
+    added = request.args.get("added") or ""
+    shown = int(added) if added.isascii() and added.isdigit() and len(added) < 10 else None
     return _page("browse.html", status, entries=entries, total=total, page=page, pages=pages,
-                 errors=errors, added=int(added) if added and added.isdigit() else None,
+                 errors=errors, added=shown,
                  deleted=request.args.get("deleted"), first=(page - 1) * PAGE_SIZE + 1)
 
 
@@ -440,7 +444,8 @@ def add() -> Response | BaseResponse:
     url = (request.form.get("url") or "").strip()
     errors: list[str] = []
     try:
-        metadata = service.parse_metadata(request.form.get("metadata") or None)
+        metadata = service.parse_metadata(request.form.get("metadata") or None,
+                                          max_bytes=service.metadata_limit(settings))
     except MatchError as error:
         return _browse(1, [_explain(error)], error.status)
     jobs: list[tuple[str, Any]] = []
@@ -497,7 +502,10 @@ def delete() -> Response | BaseResponse:
     page = _page_number(source.get("page"))
     store, settings = get_store(), _settings()
     if request.method == "GET":
-        record = store.get(filepath) if filepath else None
+        try:
+            record = store.get(service.check_filepath(filepath)) if filepath else None
+        except MatchError as error:
+            return _message("Not in the index", _explain(error), error.status)
         if record is None:
             return _message("Not in the index", f"No image is stored under {filepath!r}.", 404)
         return _page("confirm_delete.html", filepath=filepath, page=page,

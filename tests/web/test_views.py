@@ -7,6 +7,7 @@ pages in headless Chromium.
 from __future__ import annotations
 
 import io
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -249,3 +250,23 @@ def test_a_thumbnail_shared_by_two_filepaths_stays_until_both_are_deleted(tmp_pa
         assert not thumbs.exists(settings, first.sha256)
     assert list((tmp_path / "thumbs").glob("*.jpg")) == []
     assert [p.name for p in (tmp_path / "thumbs" / "refs").iterdir() if not p.name.startswith(".lock")] == []
+
+
+def test_odd_query_strings_get_pages_not_errors(client: FlaskClient) -> None:
+    for filepath in ("a" * 2000, "a\x00b"):
+        page = client.get("/ui/browse/delete", query_string={"filepath": filepath})
+        assert page.status_code == 400 and page.mimetype == "text/html", page.status_code
+    assert client.get("/ui/browse?added=%C2%B2").status_code == 200
+    assert client.get("/ui/browse?added=" + "9" * 5000).status_code == 200
+
+
+def test_ui_add_keeps_the_metadata_cap(tmp_path: Path, photo_paths: list[Path]) -> None:
+    app = create_app({"MATCH_DATA_DIR": str(tmp_path / "data"), "MATCH_STORE": "local",
+                      "MATCH_UI_SECRET": "test-secret-for-csrf", "MATCH_MAX_METADATA_BYTES": 100})
+    try:
+        client = app.test_client()
+        refused = upload(client, photo_paths[:1], metadata=json.dumps({"note": "x" * 200}))
+        assert refused.status_code == 400 and "MATCH_MAX_METADATA_BYTES" in refused.get_data(as_text=True)
+        assert client.get("/count").get_json()["result"] == [0]
+    finally:
+        close_store(app)
