@@ -237,7 +237,8 @@ SETTINGS: tuple[Setting, ...] = (
             "they wait for `match crowd review` (look at `match crowd report --html` first); bonuses and "
             "notices follow the review, and MTurk approves what is left after the auto-approval delay.",
             parse_bool),
-    Setting("MATCH_CROWD_VERIFY_TOP", 3, "Top matches of a `verify=true` search sent to workers.", _positive_int),
+    Setting("MATCH_CROWD_VERIFY_TOP", 3, "Top matches of a `verify=true` search sent to workers (1 to 20, "
+            "the range a request's `verify_top` may ask for).", _int_between(1, 20)),
     Setting("MATCH_CROWD_PUBLIC_URL", "", "Base URL at which workers reach this match server, for the images "
             "it keeps and serves (default: http://MATCH_HOST:MATCH_PORT)."),
     Setting("MATCH_CROWD_MEDIA", "local", "Where images sent to workers are kept: `local` (MATCH_DATA_DIR, "

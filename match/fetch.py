@@ -226,7 +226,11 @@ class Fetcher:
                 # The client named a host that does not exist: its mistake, not an outage.
                 raise BadRequest(f"{field}: host {host!r} does not exist (no DNS record)") from exc
             raise FetchError(f"{field}: cannot resolve host {host!r}") from exc
-        except (OSError, UnicodeError, ValueError) as exc:
+        except UnicodeError as exc:
+            # The IDNA codec refuses the name itself (a label over 63 characters, a bad
+            # international name): the client's URL is malformed, no server failed.
+            raise BadRequest(f"{field}: host {host!r} is not a valid host name ({exc})") from exc
+        except (OSError, ValueError) as exc:
             raise FetchError(f"{field}: cannot resolve host {host!r}") from exc
         refused = []
         for answer in answers:

@@ -164,3 +164,8 @@ def test_https_checks_the_certificate_against_the_name(tls_server: tuple[int, st
     # Without the CA: self-signed is refused.
     with pytest.raises(FetchError, match="TLS"):
         fetcher().fetch(f"https://localhost:{port}/a.jpg")
+
+
+def test_a_host_name_the_idna_codec_refuses_is_a_client_error() -> None:
+    with pytest.raises(BadRequest, match="not a valid host name"):
+        fetcher(allow=[]).fetch(f"http://{'a' * 64}.example.com/a.jpg")
