@@ -654,6 +654,12 @@ class CrowdService:
             hit_id = duplicate_hit_id(exc) or self._find_hit(hit["hit_key"])
             if hit_id is None:
                 raise
+            expires = None
+        self._record_hit(hit, hit_id, expires)
+
+    def _record_hit(self, hit: Row, hit_id: str, expires: float | None = None) -> None:
+        """Mark an intent row open as the endpoint's HIT ``hit_id``."""
+        if expires is None:
             expires = _epoch(self.turk.get_hit(hit_id).get("Expiration"))
         self.state.update_hit(
             hit["hit_key"],
@@ -708,8 +714,17 @@ class CrowdService:
 
     def _reconcile(self, summary: SyncSummary) -> None:
         """Finish whatever a crashed run left as an intent, without repeating it."""
-        for hit in self.state.hits(states=["intent"]):
-            self._send_hit(hit)
+        intents = self.state.hits(states=["intent"])
+        # A crashed run may have created the HIT already: look for it by its annotation
+        # first. The request token alone would catch it for 24 hours only (MTurk and the
+        # crowd server forget tokens after that), and a later sync would make a second HIT.
+        existing = {str(r.get("RequesterAnnotation")): str(r["HITId"]) for r in self.turk.list_hits()} \
+            if intents else {}
+        for hit in intents:
+            if hit["hit_key"] in existing:
+                self._record_hit(hit, existing[hit["hit_key"]])
+            else:
+                self._send_hit(hit)
             summary.reconciled += 1
         for ext in self.state.extensions(state="intent"):
             extended = self.state.hit(ext["hit_key"])
@@ -1065,34 +1080,19 @@ class CrowdService:
         """Turn a HIT's worst-case commitment into its actual cost in the ledger."""
         s = self.settings
         assignments = self.state.assignments(hit_key=hit["hit_key"])
-        approved = sum(1 for a in assignments if a["review"] == "approved")
+        approved = {a["assignment_id"] for a in assignments if a["review"] == "approved"}
         reward = hit["reward_cents"] + T.fee_cents(hit["reward_cents"], hit["max_assignments"])
         bonus_each = s.bonus_cents + T.fee_cents(s.bonus_cents) if s.bonus_cents else 0
-        paid = {b["assignment_id"] for b in self.state.bonuses(state="paid")}
-        bonuses = sum(1 for a in assignments if a["assignment_id"] in paid)
+        # Bonuses owed stay committed, paid or not yet: a late assignment collected by
+        # _cleanup gets its bonus intent in this very pass, and the next pass pays it.
+        bonuses = sum(1 for b in self.state.bonuses() if b["assignment_id"] in approved)
         committed = sum(
             r["cents"]
             for r in self.state.ledger()
             if r["ref"] == f"hit:{hit['hit_key']}" or r["ref"].startswith(f"extend:{hit['hit_key']}:")
         )
-        actual = approved * reward + bonuses * bonus_each
+        actual = len(approved) * reward + bonuses * bonus_each
         self.state.spend(f"release:{hit['hit_key']}", "release", actual - committed, hit["task_id"])
-
-    def drain(self, rounds: int = 50, pause: float = 0.0) -> SyncSummary:
-        """Sync until no task is processing and no HIT is left open (or ``rounds`` pass)."""
-        total = SyncSummary()
-        for _ in range(rounds):
-            summary = self.sync()
-            for key, value in summary.as_dict().items():
-                if isinstance(value, int):
-                    setattr(total, key, getattr(total, key) + value)
-            if not self.state.tasks(state="processing", limit=1) and not self.state.hits(
-                states=["open", "expiring", "intent"]
-            ):
-                break
-            if pause:
-                time.sleep(pause)
-        return total
 
 
 # ===== input checks (pure) ===========================================================

@@ -53,7 +53,12 @@ def loop(tmp_path: Path, aws_env: None) -> Iterator[CrowdHarness]:
 
 
 @pytest.mark.slow
+def balance_cents(harness: CrowdHarness) -> int:
+    return T.cents(harness.service.turk.call("GetAccountBalance")["AvailableBalance"])
+
+
 def test_loop_200_pairs(loop: CrowdHarness) -> None:
+    before = balance_cents(loop)
     gold_pairs(loop)
     pairs = labelled_pairs(200)
     for index, (url1, url2, truth) in enumerate(pairs):
@@ -85,5 +90,8 @@ def test_loop_200_pairs(loop: CrowdHarness) -> None:
     assert accuracy >= 0.97
     assert per_pair <= 5.0
     assert caught >= 0.9
+    # Once every HIT is deleted, the ledger is what the endpoint charged: rewards,
+    # bonuses (late ones included) and fees, nothing released that is still owed.
+    assert cost == before - balance_cents(loop)
     # No orphans: every HIT is deleted at the endpoint.
     assert list(loop.service.turk.list_hits()) == []
