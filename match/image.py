@@ -65,18 +65,9 @@ DEFAULT_MAX_PIXELS = 50_000_000
 #: Pillow formats match decodes (Pillow's names). APNG is "PNG"; MPO is a JPEG pair.
 FORMATS = ("JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "DIB", "TIFF", "PPM", "ICO", "TGA")
 
-# Leading bytes of the formats above that cannot be mistaken for text: bytes starting
-# like this are a damaged image (422), not an unsupported one (415).
-_MAGIC = (
-    b"\xff\xd8\xff",          # JPEG, MPO
-    b"\x89PNG\r\n\x1a\n",     # PNG
-    b"GIF87a", b"GIF89a",     # GIF
-    b"II*\x00", b"MM\x00*",   # TIFF
-    b"BM",                    # BMP
-    b"\x00\x00\x01\x00",      # ICO
-)
-
-#: The format each magic of _MAGIC (and WebP's RIFF) announces.
+#: Leading bytes of the formats above that cannot be mistaken for text, and the
+#: format each announces: bytes starting like this are a damaged image (422), not an
+#: unsupported one (415).
 _MAGIC_FORMATS = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"),
                   (b"GIF89a", "GIF"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"BM", "BMP"),
                   (b"\x00\x00\x01\x00", "ICO"))

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.serving import drop_index
 from match import config as match_config
 from match import signature as sig
 from match.errors import StoreUnavailable
@@ -159,15 +160,16 @@ def test_losing_a_node_loses_no_acknowledged_add(cluster: list[str], tmp_path: P
     print(f"stopped node-{victim} after {before} adds; {len(acknowledged)} acknowledged, "
           f"{len(refused)} refused; searches {searches}")
 
-    assert unexpected == []
-    assert searches["failed"] <= 2, searches
-    # Nothing acknowledged is lost: count and read every one (refused adds may or may
-    # not have been written, so they only bound the count from above).
-    assert len(acknowledged) <= store.count() <= len(acknowledged) + len(refused)
-    missing = [filepath for filepath in acknowledged if store.get(filepath) is None]
-    assert missing == []
-    assert primary_node(survivors[0], index) != victim
-    store.close()
-    restart.join()
-    drop = urllib.request.Request(f"{survivors[0]}/{index}", method="DELETE")
-    urllib.request.urlopen(drop, timeout=60).close()
+    try:
+        assert unexpected == []
+        assert searches["failed"] <= 2, searches
+        # Nothing acknowledged is lost: count and read every one (refused adds may or may
+        # not have been written, so they only bound the count from above).
+        assert len(acknowledged) <= store.count() <= len(acknowledged) + len(refused)
+        missing = [filepath for filepath in acknowledged if store.get(filepath) is None]
+        assert missing == []
+        assert primary_node(survivors[0], index) != victim
+    finally:
+        store.close()
+        restart.join()
+        drop_index(survivors[0], index)  # and its template
