@@ -35,6 +35,7 @@ the unused part is released, so the ledger total becomes the actual cost.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -159,6 +160,46 @@ def skill(exact: int, total: int) -> float:
     return (exact + 2.8) / (total + 4.0)
 
 
+class _ProcessLock:
+    """A re-entrant lock that also holds across processes (a thread lock, then ``flock``
+    on a file beside the crowd state).
+
+    Every check of the budget is followed by its ledger entry under this lock, and
+    several processes share one crowd state (gunicorn workers, the ``sync --loop``
+    sidecar): with a thread lock alone, two processes could both pass the check and
+    both commit, spending past the cap. It also keeps two syncs from collecting,
+    paying or notifying the same things at once.
+    """
+
+    def __init__(self, path: Any) -> None:
+        self._thread = threading.RLock()
+        self._path = path
+        self._depth = 0
+        self._file: Any = None
+
+    def __enter__(self) -> None:
+        self._thread.acquire()
+        if self._depth == 0:
+            try:
+                self._file = open(self._path, "ab")  # noqa: SIM115 - held until __exit__
+                fcntl.flock(self._file, fcntl.LOCK_EX)
+            except BaseException:
+                if self._file is not None:
+                    self._file.close()
+                    self._file = None
+                self._thread.release()
+                raise
+        self._depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+        self._thread.release()
+
+
 @dataclass
 class SyncSummary:
     """What one :meth:`CrowdService.sync` did (the CLI prints it)."""
@@ -209,7 +250,7 @@ class CrowdService:
         self.media = media or MediaStore.from_config(config, clock=clock)
         self._fetch = fetch
         self._compare = compare
-        self._lock = threading.RLock()
+        self._lock = _ProcessLock(self.state.path.with_name(self.state.path.name + ".lock"))
         self._balance: int | None = None  # GetAccountBalance, counted down within one pass
         self._fresh_bonuses: set[str] = set()  # bonus intents made by this process
 

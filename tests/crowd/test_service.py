@@ -7,6 +7,9 @@ workers moved by hand, and dummy AWS credentials from the environment.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -355,3 +358,30 @@ def test_settings_parse_raw_values_with_the_settings_table() -> None:
     assert CrowdSettings.from_config({}).budget_cents == round(float(defaults["MATCH_CROWD_BUDGET"]) * 100)
     with pytest.raises(ValueError, match="MATCH_CROWD_CONFIDENCE"):
         CrowdSettings.from_config({"MATCH_CROWD_CONFIDENCE": "very"})
+
+
+def _put_one_task(config: dict[str, Any], ready: Any) -> None:
+    """In another process: one put_task on the same crowd state (see below)."""
+    from match.crowd.service import CrowdService
+    from tests.crowd.conftest import DUMMY_ENV
+
+    os.environ.update(DUMMY_ENV)
+    service = CrowdService(config)
+    ready.set()
+    service.put_task("image-similarity", "from-another-process", body(99))
+
+
+def test_budget_checks_and_spends_are_serialised_across_processes(harness: CrowdHarness) -> None:
+    # Gunicorn workers and the sync sidecar share one crowd state: a budget check and its
+    # ledger entry must not interleave with another process's, or both pass the cap.
+    context = multiprocessing.get_context("spawn")
+    ready = context.Event()
+    child = context.Process(target=_put_one_task, args=(dict(harness.config), ready))
+    with harness.service._lock:  # what put_task, sync and review hold while they spend
+        child.start()
+        assert ready.wait(60), "the other process did not start"
+        time.sleep(1.5)
+        assert harness.service.state.task("image-similarity", "from-another-process") is None
+    child.join(60)
+    assert child.exitcode == 0
+    assert harness.service.state.task("image-similarity", "from-another-process") is not None
