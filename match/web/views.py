@@ -545,6 +545,8 @@ def crowd_verify() -> Response:
     data = queries.load(_settings(), key)
     if data is None:
         return _message("This search has expired", EXPIRED, 404)
+    if form.errors:  # nothing is sent (and paid for) on settings the person didn't ask for
+        return _results(form, key, data)
     try:
         top = int(request.form.get("top") or 3)
         from match.crowd.api import verify_search

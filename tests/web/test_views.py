@@ -270,3 +270,24 @@ def test_ui_add_keeps_the_metadata_cap(tmp_path: Path, photo_paths: list[Path]) 
         assert client.get("/count").get_json()["result"] == [0]
     finally:
         close_store(app)
+
+
+def test_nothing_goes_to_the_crowd_on_a_form_with_errors(tmp_path: Path, photo_paths: list[Path]) -> None:
+    from bench.serving import free_port
+
+    # An endpoint nobody answers: a regression fails here (502), it never reaches MTurk.
+    app = create_app({"MATCH_DATA_DIR": str(tmp_path / "data"), "MATCH_STORE": "local",
+                      "MATCH_UI_SECRET": "test-secret-for-csrf",
+                      "MATCH_CROWD_ENDPOINT": f"http://127.0.0.1:{free_port()}/"})
+    try:
+        client = app.test_client()
+        assert upload(client, photo_paths[:2]).status_code == 303
+        query = [("image", ("q.jpg", photo_paths[0].read_bytes(), "image/jpeg"))]
+        html = post_form(client, "/ui/search", query).get_data(as_text=True)
+        key = re.search(r'name="q" value="([0-9a-f]{32})"', html).group(1)  # type: ignore[union-attr]
+        refused = client.post("/ui/crowd/verify", data={"csrf_token": token(client), "q": key,
+                                                         "cutoff": "7", "top": "2"})
+        assert refused.status_code == 400
+        assert not (tmp_path / "data" / "crowd.sqlite3").exists()  # no task, no HIT
+    finally:
+        close_store(app)
