@@ -23,6 +23,7 @@ SCRIPTS = [
     ("signature_speed", ["--smoke"], False, "signatures identical to image-match: True"),
     ("local_store", ["--smoke"], False, "search, 8 signatures"),
     ("quality", ["--smoke"], False, "recall@1"),
+    ("crop_quality", ["--smoke"], False, "R@thr"),
     ("http_load", ["--smoke"], False, "requests/s"),
     ("exif_orientation", ["--smoke"], False, "8 orientations"),
     ("crowd_loop", ["--smoke"], False, "bound: exact Bayes"),
