@@ -570,6 +570,7 @@ def main(argv: list[str] | None = None) -> int:
 
         signer = _Signer(originals) if args.dump_distances else None
         tallies = {(m, t): Tally() for m in runners for t in transforms}
+        group_tallies = {(m, g): Tally() for m in runners for g in groups}
         latencies: dict[str, list[float]] = {m: [] for m in runners}
         rows: list[DistanceRow] = []
         by_name = {item.name: item for item in queried}
@@ -584,6 +585,7 @@ def main(argv: list[str] | None = None) -> int:
                     latencies[method].append((time.perf_counter() - began) * 1000.0)
                     method_hits[method] = hits
                     _tally(tallies[method, transform], item, hits)
+                    _tally(group_tallies[method, item.group], item, hits)
                 if signer is not None:
                     rows.append(signer.row(item, transform, data, method_hits))
             if done % 20 == 0:
@@ -591,6 +593,7 @@ def main(argv: list[str] | None = None) -> int:
                       flush=True)
 
     results = _report(tallies, latencies, methods=list(runners), transforms=transforms)
+    results["groups"] = _report_groups(group_tallies, methods=list(runners), groups=groups)
     if signer is not None:
         _dump(rows, transforms, args.dump_out)
     if args.json_out:
@@ -601,6 +604,19 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json_out).write_text(json.dumps(payload, indent=1) + "\n")
         print(f"wrote {args.json_out}")
     return 0
+
+
+def _report_groups(tallies: dict[tuple[str, str], Tally], *, methods: list[str],
+                   groups: list[str]) -> dict[str, Any]:
+    """Per group, all transforms together: where the misses and false hits come from."""
+    print("\nper group, all transforms: R@thr / wrong / FP (%), queries / negative queries")
+    for method in methods:
+        print(f"  {method}:")
+        for group in groups:
+            f = tallies[method, group].figures()
+            print(f"    {group:34s} R@thr {_fmt(float(f['R@thr']))}  wrong {_fmt(float(f['wrong']))}  "
+                  f"FP {_fmt(float(f['FP']))}   ({f['queries']} / {f['negatives']})")
+    return {f"{m}|{g}": tallies[m, g].figures() for m in methods for g in groups}
 
 
 def _report(tallies: dict[tuple[str, str], Tally], latencies: dict[str, list[float]], *,
