@@ -19,11 +19,13 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["match", "match.*"]),
     include_package_data=True,
-    package_data={"match": ["web/templates/*", "web/static/*", "crowd/templates/*", "openapi.json"]},
+    package_data={"match": ["web/templates/*", "web/static/*", "crowd/templates/*", "openapi.json",
+                            "data/vocabulary.npz"]},
     # Why each dependency is here: README.md, "Dependencies".
     install_requires=[
-        "numpy>=1.26,<3",
+        "numpy>=2.0,<3",
         "Pillow>=10.3,<14",
+        "opencv-python-headless>=4.8,<5",
         "Flask>=3.0,<4",
         "gunicorn>=22,<24",
         "click>=8.1,<9",

@@ -180,6 +180,17 @@ SETTINGS: tuple[Setting, ...] = (
     # --- search ------------------------------------------------------------------
     Setting("MATCH_CUTOFF", 0.45, "Largest normalized signature distance reported as a match "
             "(score = (1 - distance) x 100, so 0.45 means score >= 55).", _unit_float),
+    Setting("MATCH_LOCAL_FEATURES", True, "Index local features (ORB keypoints as visual words) beside "
+            "the signature and verify candidates geometrically, so crops, borders, rotations and "
+            "screenshots are found and look-alikes are not; `false` keeps the signature-only footprint.",
+            parse_bool),
+    Setting("MATCH_SURE_DISTANCE", 0.25, "Signature distance up to which a hit needs no verification; "
+            "a hit between it and `cutoff` is reported only when local features confirm it.",
+            _unit_float),
+    Setting("MATCH_MIN_INLIERS", 10, "Fewest geometrically consistent keypoint matches (RANSAC "
+            "inliers) that confirm a hit.", _int_between(4, 1000)),
+    Setting("MATCH_VERIFY_CANDIDATES", 20, "Candidates verified per search: the best by visual words, "
+            "and as many of the nearest signatures.", _int_between(1, 200)),
     Setting("MATCH_SEARCH_LIMIT", 10, "Default number of results of /search (`limit` overrides).",
             _positive_int),
     Setting("MATCH_MAX_SEARCH_LIMIT", 1000, "Largest `limit` a client may ask of /search and /list.",

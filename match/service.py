@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from match import image, signature
+from match import features as local_features
+from match import fusion, image, signature, vocabulary
 from match.errors import BadRequest, MissingField, NotFound, PayloadTooLarge
 from match.store import Match, Record, SignatureStore
 from match.store.base import MAX_FILEPATH_LENGTH
@@ -39,6 +41,7 @@ __all__ = [
     "add",
     "delete",
     "search",
+    "search_signed",
     "compare",
     "count",
     "list_filepaths",
@@ -46,6 +49,8 @@ __all__ = [
     "check_offset",
     "check_cutoff",
 ]
+
+log = logging.getLogger(__name__)
 
 #: Largest ``offset`` of a listing (paging a billion records deep is a mistake or an attack).
 MAX_OFFSET = 1_000_000_000
@@ -61,11 +66,14 @@ class SignedImage:
 
     k is 1, or 8 when all orientations were asked for (rotations and mirrors, in the
     order of :func:`match.signature.generate_all`). ``sha256`` is the hex digest of
-    the bytes that were decoded.
+    the bytes that were decoded. ``features`` are its local features
+    (:mod:`match.features`) when they were asked for: those a stored image keeps, or
+    the richer ones of a query.
     """
 
     signatures: np.ndarray
     sha256: str
+    features: local_features.Features | None = None
 
     @property
     def signature(self) -> np.ndarray:
@@ -76,17 +84,31 @@ class SignedImage:
 
 @dataclass(frozen=True)
 class Comparison:
-    """Result of :func:`compare`: distance in [0, 1] and score = (1 - distance) x 100."""
+    """Result of :func:`compare`: distance in [0, 1] and score = (1 - distance) x 100.
+
+    ``inliers`` and ``region`` (the box of the second image that the first shows) when
+    local features confirm that the first image is a part or an edit of the second;
+    None otherwise.
+    """
 
     distance: float
+    inliers: int | None = None
+    region: tuple[int, int, int, int] | None = None
 
     @property
     def score(self) -> float:
         return (1.0 - self.distance) * 100.0
 
 
-def sign(data: bytes, settings: Mapping[str, Any], *, all_orientations: bool = False) -> SignedImage:
-    """Decode image bytes and sign them.
+def local_features_on(settings: Mapping[str, Any]) -> bool:
+    """Whether MATCH_LOCAL_FEATURES is on (library callers without it: on)."""
+    return bool(settings.get("MATCH_LOCAL_FEATURES", True))
+
+
+def sign(data: bytes, settings: Mapping[str, Any], *, all_orientations: bool = False,
+         features: str | None = None) -> SignedImage:
+    """Decode image bytes and sign them; with ``features`` (``"stored"`` or ``"query"``)
+    also extract local features from the same decoded pixels.
 
     Raises UnsupportedImage (415), InvalidImage (422) or ImageTooLarge (413).
     """
@@ -99,7 +121,14 @@ def sign(data: bytes, settings: Mapping[str, Any], *, all_orientations: bool = F
         signatures = np.asarray(signature.generate_all(pixels), dtype=np.int8)
     else:
         signatures = np.asarray(signature.generate(pixels), dtype=np.int8)[np.newaxis, :]
-    return SignedImage(signatures, hashlib.sha256(data).hexdigest())
+    found = None
+    if features == "stored":
+        found = local_features.extract(pixels)
+    elif features == "query":
+        found = local_features.extract_query(pixels)
+    elif features is not None:
+        raise ValueError(f"features must be None, 'stored' or 'query', got {features!r}")
+    return SignedImage(signatures, hashlib.sha256(data).hexdigest(), found)
 
 
 def sign_file(path: str | Path, settings: Mapping[str, Any]) -> SignedImage:
@@ -113,7 +142,7 @@ def sign_file(path: str | Path, settings: Mapping[str, Any]) -> SignedImage:
     if size > limit:
         raise PayloadTooLarge(f"{size} bytes is over MATCH_MAX_UPLOAD_BYTES ({limit})")
     data = path.read_bytes()
-    signed = sign(data, settings)
+    signed = sign(data, settings, features="stored" if local_features_on(settings) else None)
     if settings.get("MATCH_THUMBNAILS"):
         # In the signing process, so bulk adds make thumbnails in parallel too; a
         # thumbnail is named by content, so one left by a failed write is harmless.
@@ -178,7 +207,8 @@ def make_record(filepath: str, signed: SignedImage, metadata: Mapping[str, Any] 
     """The record :func:`add` stores: the metadata gains ``sha256`` (the server's value wins)."""
     meta = dict(metadata or {})
     meta[SHA256_KEY] = signed.sha256
-    return Record(filepath=filepath, signature=signed.signature, metadata=meta, sha256=signed.sha256)
+    return Record(filepath=filepath, signature=signed.signature, metadata=meta, sha256=signed.sha256,
+                  features=signed.features)
 
 
 def add(store: SignatureStore, settings: Mapping[str, Any], *, filepath: str, data: bytes,
@@ -190,7 +220,8 @@ def add(store: SignatureStore, settings: Mapping[str, Any], *, filepath: str, da
     filepath = check_filepath(filepath)
     meta = parse_metadata(dict(metadata) if metadata is not None else None,
                           max_bytes=metadata_limit(settings))
-    record = make_record(filepath, sign(data, settings), meta)
+    signed = sign(data, settings, features="stored" if local_features_on(settings) else None)
+    record = make_record(filepath, signed, meta)
     store.upsert(record)
     if settings.get("MATCH_THUMBNAILS"):
         # The web UI's thumbnail (docs/web.md); it never fails an add that was stored.
@@ -220,23 +251,78 @@ def delete(store: SignatureStore, filepath: str, settings: Mapping[str, Any] | N
 def search(store: SignatureStore, settings: Mapping[str, Any], data: bytes, *,
            all_orientations: bool = True, limit: int | None = None,
            cutoff: float | None = None) -> list[Match]:
-    """Stored images within ``cutoff`` of the image in ``data``, nearest first.
+    """Stored images that show the image in ``data``, best first (:mod:`match.fusion`).
 
     With ``all_orientations`` the image is also searched rotated and mirrored (the 8
     signatures of :func:`match.signature.generate_all`); a hit is reported once,
-    with its best distance.
+    with its best distance. With local features on (``MATCH_LOCAL_FEATURES``), the
+    candidates sharing its visual words and the nearest signatures beyond the sure
+    distance are verified geometrically (:func:`match.features.verify`), so a crop, a
+    border or a screenshot is found, and a look-alike in the uncertain band is not.
     """
     size = check_limit(limit, settings, default=int(settings["MATCH_SEARCH_LIMIT"]))
     cut = check_cutoff(cutoff, settings)
-    signed = sign(data, settings, all_orientations=all_orientations)
-    return store.search(signed.signatures, size=size, cutoff=cut)
+    if not local_features_on(settings):
+        signed = sign(data, settings, all_orientations=all_orientations)
+        return store.search(signed.signatures, size=size, cutoff=cut)
+    signed = sign(data, settings, all_orientations=all_orientations, features="query")
+    return search_signed(store, settings, signed, size=size, cutoff=cut)
+
+
+def search_signed(store: SignatureStore, settings: Mapping[str, Any], signed: SignedImage, *,
+                  size: int, cutoff: float) -> list[Match]:
+    """:func:`search` on an image already signed with query features."""
+    query = signed.features
+    assert query is not None, "search_signed needs the query's features"
+    verify_count = int(settings.get("MATCH_VERIFY_CANDIDATES", 20))
+    min_inliers = int(settings.get("MATCH_MIN_INLIERS", local_features.MIN_INLIERS))
+    sure = min(float(settings.get("MATCH_SURE_DISTANCE", 0.25)), cutoff)
+    # The nearest signatures whatever their distance: the sure ones are reported as
+    # they are, the others are verified (a 5% crop's original is usually the nearest
+    # signature even beyond the cutoff).
+    nearest = store.search(signed.signatures, size=size + verify_count, cutoff=1.0)
+    words = vocabulary.load().words(query.descriptors) if len(query) else np.zeros(0, np.int32)
+    by_words = store.search_words(words, size=verify_count) if len(words) else []
+    sure_hits = {hit.filepath for hit in nearest if hit.distance <= sure}
+    to_verify = [hit.filepath for hit in nearest if hit.distance > sure][:verify_count + size]
+    to_verify += [hit.filepath for hit in by_words if hit.filepath not in sure_hits]
+    to_verify = list(dict.fromkeys(to_verify))
+    stored = store.get_features(to_verify) if len(query) >= min_inliers else {}
+    if len(stored) < len(to_verify) and store.missing_features():
+        log.info("search: %d of %d candidates have no local features yet (run `match reindex`); "
+                 "they are judged by signature alone", len(to_verify) - len(stored), len(to_verify))
+    names = list(stored)
+    checks = local_features.verify_many(query, [stored[name] for name in names], min_inliers=min_inliers)
+    verified = {name: check for name, check in zip(names, checks, strict=True) if check is not None}
+    known = {hit.filepath for hit in nearest}
+    distances: dict[str, float] = {}
+    metadata: dict[str, Mapping[str, Any]] = {}
+    for filepath in verified:
+        if filepath not in known:
+            record = store.get(filepath)
+            if record is not None:
+                distances[filepath] = float(signature.distances(signed.signatures,
+                                                                record.signature[np.newaxis, :]).min())
+                metadata[filepath] = record.metadata
+    candidates = [hit for hit in nearest if hit.distance <= cutoff or hit.filepath in verified]
+    return fusion.fuse(candidates, verified, distances, metadata, query=query, stored=stored,
+                       sure=sure, cutoff=cutoff, min_inliers=min_inliers, size=size)
 
 
 def compare(settings: Mapping[str, Any], data1: bytes, data2: bytes) -> Comparison:
-    """Distance between two images' signatures (as given, no orientations)."""
-    first = sign(data1, settings)
-    second = sign(data2, settings)
-    return Comparison(float(signature.distance(first.signature, second.signature)))
+    """Distance between two images' signatures (as given, no orientations), and, with
+    local features on, the verification of the first against the second."""
+    on = local_features_on(settings)
+    first = sign(data1, settings, features="query" if on else None)
+    second = sign(data2, settings, features="stored" if on else None)
+    check = None
+    if first.features is not None and second.features is not None:
+        check = local_features.verify(first.features, second.features,
+                                      min_inliers=int(settings.get("MATCH_MIN_INLIERS",
+                                                                   local_features.MIN_INLIERS)))
+    return Comparison(float(signature.distance(first.signature, second.signature)),
+                      None if check is None else check.inliers,
+                      None if check is None else check.region)
 
 
 def count(store: SignatureStore) -> int:

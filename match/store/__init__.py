@@ -11,9 +11,9 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
-from match.store.base import Match, Record, SignatureStore
+from match.store.base import Match, Record, SignatureStore, WordHit
 
-__all__ = ["Match", "Record", "SignatureStore", "BACKENDS", "open_store"]
+__all__ = ["Match", "Record", "SignatureStore", "WordHit", "BACKENDS", "open_store"]
 
 #: backend name -> "module:Class"; each class has ``from_config(config)``.
 BACKENDS = {

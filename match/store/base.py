@@ -9,6 +9,13 @@ replaces it) and answers nearest-signature queries. The contract:
 * :meth:`search` — given one or several query signatures (e.g. the 8 orientations of
   one image), return records whose distance to *any* of them is at most ``cutoff``,
   one entry per filepath (its smallest distance), nearest first, at most ``size``.
+* :meth:`search_words` — the second signal (:mod:`match.features`): stored images
+  ranked by the visual words they share with a query (rarer words weigh more), at most
+  ``size``, best first. Only candidates: the caller verifies them with
+  :meth:`get_features` and :func:`match.features.verify`.
+* :meth:`get_features` — the stored local features of some filepaths;
+  :meth:`missing_features` — how many records have none (added before local features,
+  or with them turned off; ``match reindex`` backfills them).
 * :meth:`count`, :meth:`list` (filepaths in a stable order: ascending filepath),
   :meth:`get`, :meth:`check` (readiness: raises :class:`StoreUnavailable`), :meth:`close`.
 
@@ -35,8 +42,10 @@ from typing import Any, final
 import numpy as np
 
 from match import signature as sig
+from match import vocabulary
+from match.features import Features
 
-__all__ = ["Record", "Match", "SignatureStore", "MAX_FILEPATH_LENGTH"]
+__all__ = ["Record", "Match", "WordHit", "SignatureStore", "MAX_FILEPATH_LENGTH"]
 
 #: Longest filepath a store accepts (characters). Elasticsearch keyword terms and
 #: SQLite index keys stay small and fast below this.
@@ -49,7 +58,10 @@ class Record:
 
     ``signature`` is the int8 (648,) Goldberg signature; ``metadata`` a JSON object;
     ``sha256`` the hex digest of the image bytes; ``added_at`` seconds since the epoch
-    (set by the store when ``None``).
+    (set by the store when ``None``). ``features`` are its local features
+    (:mod:`match.features`, possibly with no keypoints), or None when it has none
+    stored (local features off, or a record from before them); ``words`` are the
+    visual words of those features (int32, one per keypoint), which the store indexes.
     """
 
     filepath: str
@@ -57,20 +69,53 @@ class Record:
     metadata: Mapping[str, Any] = field(default_factory=dict)
     sha256: str | None = None
     added_at: float | None = None
+    features: Features | None = None
+
+    @property
+    def words(self) -> np.ndarray:
+        """Distinct visual words of the features, sorted (int32; empty without features)."""
+        if self.features is None or len(self.features) == 0:
+            return np.zeros(0, dtype=np.int32)
+        return np.unique(vocabulary.load().words(self.features.descriptors))
 
 
 @dataclass(frozen=True)
 class Match:
-    """One search hit: ``distance`` in [0, 1], 0 meaning identical signatures."""
+    """One search hit: ``distance`` in [0, 1], 0 meaning identical signatures.
+
+    A store's hits carry the signature distance only. :func:`match.fusion.fuse` adds
+    the evidence of local features: ``inliers`` (RANSAC-consistent keypoint matches),
+    ``region`` (``(x0, y0, x1, y1)``: the box of the stored image, in its pixels, that
+    the query shows), ``found_by`` (``"signature"`` and/or ``"features"``) and, for a
+    hit found by features alone, the score to report.
+    """
 
     filepath: str
     distance: float
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    inliers: int | None = None
+    region: tuple[int, int, int, int] | None = None
+    found_by: tuple[str, ...] = ("signature",)
+    reported_score: float | None = None
 
     @property
     def score(self) -> float:
-        """The score the HTTP API reports, as dsys/match did: (1 - distance) x 100."""
+        """The score the HTTP API reports, 0-100, higher is more similar.
+
+        For a signature hit exactly what dsys/match reported: (1 - distance) x 100;
+        for a hit found by features, :func:`match.fusion.inlier_score`.
+        """
+        if self.reported_score is not None:
+            return self.reported_score
         return (1.0 - self.distance) * 100.0
+
+
+@dataclass(frozen=True)
+class WordHit:
+    """A candidate of :meth:`SignatureStore.search_words`: ``score`` > 0, higher is better."""
+
+    filepath: str
+    score: float
 
 
 def _check_filepath(filepath: str) -> None:
@@ -94,6 +139,14 @@ def _check_record(record: Record) -> None:
         json.dumps(record.metadata, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"metadata must be JSON-serializable: {exc}") from exc
+    features = record.features
+    if features is not None:
+        if not isinstance(features, Features):
+            raise ValueError("features must be match.features.Features or None")
+        n = len(features)
+        if (features.points.shape != (n, 2) or features.descriptors.shape != (n, 32)
+                or features.descriptors.dtype != np.uint8 or n > 65535):
+            raise ValueError("features must have (n, 2) points and uint8 (n, 32) descriptors")
 
 
 def _check_queries(signatures: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
@@ -159,6 +212,32 @@ class SignatureStore(abc.ABC):
         return self._search(queries, size, float(cutoff))
 
     @final
+    def search_words(self, words: np.ndarray | Sequence[int], *, size: int = 20) -> builtins.list[WordHit]:
+        """Stored images sharing the most (idf-weighted) visual words with ``words``, best first."""
+        query = np.unique(np.asarray(words, dtype=np.int64))
+        if query.ndim != 1 or (query.size and (query[0] < 0 or query[-1] >= vocabulary.WORDS)):
+            raise ValueError(f"words must be integers in 0..{vocabulary.WORDS - 1}")
+        if not isinstance(size, int) or size <= 0:
+            raise ValueError("size must be a positive integer")
+        if query.size == 0:
+            return []
+        return self._search_words(query.astype(np.int32), size)
+
+    @final
+    def get_features(self, filepaths: Sequence[str]) -> dict[str, Features]:
+        """filepath -> stored local features, for those of ``filepaths`` that have some."""
+        for filepath in filepaths:
+            _check_filepath(filepath)
+        if not filepaths:
+            return {}
+        return self._get_features(builtins.list(dict.fromkeys(filepaths)))
+
+    @final
+    def missing_features(self) -> int:
+        """How many records have no local features stored (``match reindex`` adds them)."""
+        return self._missing_features()
+
+    @final
     def count(self) -> int:
         """Number of records."""
         return self._count()
@@ -193,6 +272,16 @@ class SignatureStore(abc.ABC):
     @abc.abstractmethod
     def _search(self, queries: np.ndarray, size: int, cutoff: float) -> builtins.list[Match]:
         """``queries`` is int8 (k, 648); rerank with match.signature.distances."""
+
+    @abc.abstractmethod
+    def _search_words(self, words: np.ndarray, size: int) -> builtins.list[WordHit]:
+        """``words`` are distinct sorted int32; at most ``size`` hits with score > 0."""
+
+    @abc.abstractmethod
+    def _get_features(self, filepaths: Sequence[str]) -> dict[str, Features]: ...
+
+    @abc.abstractmethod
+    def _missing_features(self) -> int: ...
 
     @abc.abstractmethod
     def _count(self) -> int: ...

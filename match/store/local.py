@@ -67,14 +67,16 @@ from typing import Any
 
 import numpy as np
 
+from match import features, vocabulary
 from match import signature as sig
 from match.errors import StoreError, StoreUnavailable
-from match.store.base import Match, Record, SignatureStore, best_matches
+from match.store.base import Match, Record, SignatureStore, WordHit, best_matches
 
 __all__ = ["LocalStore", "SCHEMA_VERSION", "DATABASE_NAME"]
 
-#: ``PRAGMA user_version`` of the files this code writes.
-SCHEMA_VERSION = 1
+#: ``PRAGMA user_version`` of the files this code writes. Version 1 files (before
+#: local features) are upgraded in place on open: two columns are added.
+SCHEMA_VERSION = 2
 
 #: File name of the database inside ``MATCH_DATA_DIR``.
 DATABASE_NAME = "match.sqlite3"
@@ -86,7 +88,9 @@ CREATE TABLE images (
     metadata  TEXT NOT NULL,      -- a JSON object
     sha256    TEXT,
     added_at  REAL NOT NULL,      -- seconds since the epoch
-    seq       INTEGER NOT NULL    -- the generation that last wrote this row
+    seq       INTEGER NOT NULL,   -- the generation that last wrote this row
+    features  BLOB,               -- match.features.encode(), or NULL: not computed
+    words     BLOB                -- its distinct visual words, uint16 little-endian
 );
 CREATE INDEX images_seq ON images (seq);
 CREATE TABLE deletions (
@@ -101,11 +105,16 @@ CREATE TABLE state (
 INSERT INTO state (id, generation) VALUES (0, 0);
 """
 
+_UPGRADE_1_TO_2 = ("ALTER TABLE images ADD COLUMN features BLOB",
+                   "ALTER TABLE images ADD COLUMN words BLOB")
+
 _UPSERT = """
-INSERT INTO images (filepath, signature, metadata, sha256, added_at, seq) VALUES (?, ?, ?, ?, ?, ?)
+INSERT INTO images (filepath, signature, metadata, sha256, added_at, seq, features, words)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (filepath) DO UPDATE SET
     signature = excluded.signature, metadata = excluded.metadata, sha256 = excluded.sha256,
-    added_at = excluded.added_at, seq = excluded.seq
+    added_at = excluded.added_at, seq = excluded.seq, features = excluded.features,
+    words = excluded.words
 """
 
 # Filepaths bound per ``IN (...)`` query: below SQLite's oldest variable limit (999).
@@ -213,7 +222,8 @@ class _Matrix:
         rows: np.ndarray = self.columns[:, slots].T
         return rows
 
-    def scan(self, queries: np.ndarray, cutoff: float) -> tuple[np.ndarray, np.ndarray]:
+    def scan(self, queries: np.ndarray, cutoff: float,
+             limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Columns within ``cutoff`` of any query, and each one's smallest distance.
 
         ``queries`` is int8 ``(k, 648)``. A float32 pass over every column keeps those
@@ -233,9 +243,131 @@ class _Matrix:
         slots = np.flatnonzero(near.any(axis=0))
         if slots.size == 0:
             return slots, np.zeros(0)
+        if limit is not None and slots.size > 4 * limit:
+            # A wide cutoff (search verifies the nearest signatures whatever their
+            # distance) would rerank every column exactly. The float32 distance equals
+            # the exact one to ~1e-6, so the exact `limit` nearest are among its 4x
+            # `limit` nearest: rerank only those.
+            approx = (np.sqrt(np.maximum(distances2[:, slots], 0))
+                      / (np.sqrt(q_squares)[:, np.newaxis] + np.sqrt(squares[slots])[np.newaxis, :]
+                         + np.float32(1e-9))).min(axis=0)
+            slots = np.sort(slots[np.argpartition(approx, 4 * limit - 1)[:4 * limit]])
         exact = sig.distances(queries, self.signatures(slots), self.norms[slots]).min(axis=0)
         within = exact <= cutoff
         return slots[within], exact[within]
+
+
+class _WordIndex:
+    """Inverted lists of visual words -> images, in memory, for :meth:`LocalStore.search_words`.
+
+    The durable truth is each row's ``words`` column; every process builds the inverted
+    lists from it, as it builds the signature matrix. (A SQLite table of postings
+    would answer a 2,000-term disjunction over millions of postings in about a second;
+    numpy answers in milliseconds.) Each stored version of an image gets a new
+    ``entry``; a replaced or deleted one is marked dead. The lists are two CSRs
+    (``postings`` sorted by word, ``offsets`` per word): one of every entry as of the
+    last rebuild, one of the entries added since (rebuilt when they change, which is
+    cheap while they are few); everything is folded into the first once the recent
+    and dead entries are more than a tenth of the live ones.
+
+    Scoring is tf-idf without the tf (an image lists each word once): an image scores
+    the sum of ``log((N + 1) / (df + 1))`` over the query words it has, ``N`` live
+    images and ``df`` those having the word (Philbin et al. 2007, section 3).
+    """
+
+    def __init__(self) -> None:
+        self.paths: list[str | None] = []  # entry -> filepath (None: dead)
+        self.entry_words: list[np.ndarray | None] = []
+        self.entries: dict[str, int] = {}  # filepath -> live entry
+        self.dead: set[int] = set()
+        self.df = np.zeros(vocabulary.WORDS, dtype=np.int32)
+        self.main = _csr([], [])
+        self.recent: list[int] = []
+        self._recent_csr: tuple[np.ndarray, np.ndarray] | None = None
+
+    def put(self, path: str, words: np.ndarray | None) -> None:
+        """Index (or re-index) ``path`` with its distinct words; None: it has none."""
+        self.remove(path)
+        if words is None or words.size == 0:
+            return
+        entry = len(self.paths)
+        self.paths.append(path)
+        self.entry_words.append(words.astype(np.int32))
+        self.entries[path] = entry
+        self.df[words] += 1
+        self.recent.append(entry)
+        self._recent_csr = None
+
+    def remove(self, path: str) -> None:
+        """Forget ``path`` (its postings stay until the next rebuild, marked dead)."""
+        entry = self.entries.pop(path, None)
+        if entry is None:
+            return
+        words = self.entry_words[entry]
+        if words is not None:
+            self.df[words] -= 1
+        self.paths[entry] = None
+        self.entry_words[entry] = None
+        self.dead.add(entry)
+
+    def _rebuild(self) -> None:
+        """Fold every live entry into the main CSR, renumbering entries densely."""
+        live = [(path, words) for path, words in zip(self.paths, self.entry_words, strict=True)
+                if path is not None and words is not None]
+        self.paths = [path for path, _ in live]
+        self.entry_words = [words for _, words in live]
+        self.entries = {path: entry for entry, path in enumerate(self.paths)}
+        self.main = _csr(list(range(len(live))), self.entry_words)
+        self.dead = set()
+        self.recent = []
+        self._recent_csr = None
+
+    def search(self, words: np.ndarray, size: int) -> list[tuple[str, float]]:
+        """(filepath, score) of the ``size`` best images sharing a word with ``words``."""
+        live = len(self.entries)
+        if live == 0:
+            return []
+        if len(self.recent) + len(self.dead) > max(64, live // 10):
+            self._rebuild()
+        if self._recent_csr is None:
+            self._recent_csr = _csr(self.recent, [self.entry_words[entry] for entry in self.recent])
+        idf = np.log((live + 1) / (self.df[words] + 1.0))
+        scores = np.zeros(len(self.paths), dtype=np.float64)
+        for postings, offsets in (self.main, self._recent_csr):
+            starts, ends = offsets[words], offsets[words + 1]
+            lengths = ends - starts
+            total = int(lengths.sum())
+            if total:
+                # Every posting of every query word in one gather: position i of the
+                # concatenation is starts[k] + (i - where list k begins).
+                begin = np.cumsum(lengths) - lengths
+                positions = np.arange(total) + np.repeat(starts - begin, lengths)
+                scores += np.bincount(postings[positions], weights=np.repeat(idf, lengths),
+                                      minlength=len(self.paths))
+        if self.dead:
+            scores[list(self.dead)] = 0.0
+        found = np.flatnonzero(scores > 0)
+        if found.size > size:
+            found = found[np.argpartition(-scores[found], size - 1)[:size]]
+        ranked = sorted(((str(self.paths[entry]), float(scores[entry])) for entry in found.tolist()),
+                        key=lambda hit: (-hit[1], hit[0]))
+        return ranked
+
+
+def _csr(entries: Sequence[int], words: Sequence[np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]:
+    """Inverted lists of ``entries`` (with their ``words``): postings sorted by word, offsets."""
+    offsets = np.zeros(vocabulary.WORDS + 1, dtype=np.int64)
+    pairs = [(entry, entry_words) for entry, entry_words in zip(entries, words, strict=True)
+             if entry_words is not None]
+    if not pairs:
+        return np.zeros(0, dtype=np.int32), offsets
+    flat = np.concatenate([entry_words for _, entry_words in pairs])
+    owners = np.repeat(np.array([entry for entry, _ in pairs], dtype=np.int32),
+                       [len(entry_words) for _, entry_words in pairs])
+    order = np.argsort(flat, kind="stable")
+    np.cumsum(np.bincount(flat, minlength=vocabulary.WORDS), out=offsets[1:])
+    postings: np.ndarray = owners[order]
+    return postings, offsets
 
 
 class _Connection(sqlite3.Connection):
@@ -254,6 +386,7 @@ class _ProcessState:
     pid: int
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     matrix: _Matrix = dataclasses.field(default_factory=_Matrix)
+    words: _WordIndex = dataclasses.field(default_factory=lambda: _WordIndex())
     local: threading.local = dataclasses.field(default_factory=threading.local)
     connections: weakref.WeakSet[_Connection] = dataclasses.field(default_factory=weakref.WeakSet)
 
@@ -353,6 +486,12 @@ class LocalStore(SignatureStore):
                     if statement.strip():
                         connection.execute(statement)
                 connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif version == 1:
+                # A store of the release before local features: its records keep working
+                # (searched by signature) until `match reindex` gives them features.
+                for statement in _UPGRADE_1_TO_2:
+                    connection.execute(statement)
+                connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @staticmethod
     def _next_generation(connection: sqlite3.Connection) -> int:
@@ -372,7 +511,9 @@ class LocalStore(SignatureStore):
                 connection.executemany(_UPSERT, (
                     (record.filepath, record.signature.tobytes(),
                      json.dumps(record.metadata, ensure_ascii=False, allow_nan=False),
-                     record.sha256, now if record.added_at is None else record.added_at, generation)
+                     record.sha256, now if record.added_at is None else record.added_at, generation,
+                     None if record.features is None else features.encode(record.features),
+                     None if record.features is None else record.words.astype("<u2").tobytes())
                     for record in records))
                 connection.executemany("DELETE FROM deletions WHERE filepath = ?",
                                        ((record.filepath,) for record in records))
@@ -392,13 +533,13 @@ class LocalStore(SignatureStore):
     def _get(self, filepath: str) -> Record | None:
         with _translated():
             row = self._connection().execute(
-                "SELECT signature, metadata, sha256, added_at FROM images WHERE filepath = ?",
+                "SELECT signature, metadata, sha256, added_at, features FROM images WHERE filepath = ?",
                 (filepath,)).fetchone()
         if row is None:
             return None
-        signature, metadata, sha256, added_at = row
+        signature, metadata, sha256, added_at, blob = row
         return Record(filepath, np.frombuffer(signature, dtype=np.int8).copy(), json.loads(metadata),
-                      sha256, added_at)
+                      sha256, added_at, None if blob is None else features.decode(blob))
 
     def _search(self, queries: np.ndarray, size: int, cutoff: float) -> list[Match]:
         with _translated():
@@ -411,11 +552,38 @@ class LocalStore(SignatureStore):
                 matrix = self._refresh(connection, state)
                 if matrix.size == 0:
                     return []
-                slots, distances = matrix.scan(queries, cutoff)
+                slots, distances = matrix.scan(queries, cutoff, size)
                 paths = [matrix.paths[slot] for slot in slots.tolist()]
                 ranked = best_matches(paths, distances, [{}] * len(paths), size, cutoff)
                 metadata = self._metadata(connection, [hit.filepath for hit in ranked])
         return [dataclasses.replace(hit, metadata=metadata[hit.filepath]) for hit in ranked]
+
+    def _search_words(self, words: np.ndarray, size: int) -> list[WordHit]:
+        with _translated():
+            connection = self._connection()
+            state = self._process()
+            with state.lock, self._transaction(connection):
+                self._refresh(connection, state)
+                return [WordHit(path, score) for path, score in state.words.search(words, size)]
+
+    def _get_features(self, filepaths: Sequence[str]) -> dict[str, features.Features]:
+        found: dict[str, features.Features] = {}
+        with _translated():
+            connection = self._connection()
+            for start in range(0, len(filepaths), _CHUNK):
+                chunk = filepaths[start:start + _CHUNK]
+                marks = ", ".join("?" * len(chunk))
+                for filepath, blob in connection.execute(
+                        f"SELECT filepath, features FROM images WHERE filepath IN ({marks}) "
+                        "AND features IS NOT NULL", chunk):
+                    found[filepath] = features.decode(blob)
+        return found
+
+    def _missing_features(self) -> int:
+        with _translated():
+            count: int = self._connection().execute(
+                "SELECT count(*) FROM images WHERE features IS NULL").fetchone()[0]
+        return count
 
     def _count(self) -> int:
         with _translated():
@@ -452,6 +620,7 @@ class LocalStore(SignatureStore):
             for connection in list(state.connections):
                 connection.close()
             state.matrix = _Matrix()
+            state.words = _WordIndex()
 
     # --- the in-memory cache ---------------------------------------------------------
 
@@ -463,17 +632,22 @@ class LocalStore(SignatureStore):
             return matrix
         if generation < matrix.generation:  # the file was replaced: start again
             matrix = state.matrix = _Matrix()
+            state.words = _WordIndex()
         since = matrix.generation
+        index = state.words
         for (filepath,) in connection.execute("SELECT filepath FROM deletions WHERE seq > ?", (since,)):
             matrix.remove(filepath)
+            index.remove(filepath)
         if since == 0:  # a first load: size the matrix once
             matrix.reserve(connection.execute("SELECT count(*) FROM images").fetchone()[0])
-        cursor = connection.execute("SELECT filepath, signature FROM images WHERE seq > ?", (since,))
+        cursor = connection.execute("SELECT filepath, signature, words FROM images WHERE seq > ?", (since,))
         # In slices, so a first load of a million rows never holds them all as bytes.
         while rows := cursor.fetchmany(_LOAD_SLICE):
-            paths, blobs = zip(*rows, strict=True)
+            paths, blobs, word_blobs = zip(*rows, strict=True)
             signatures = np.frombuffer(b"".join(blobs), dtype=np.int8)
             matrix.put(paths, signatures.reshape(len(rows), sig.SIGNATURE_LENGTH))
+            for path, word_blob in zip(paths, word_blobs, strict=True):
+                index.put(path, None if word_blob is None else np.frombuffer(word_blob, "<u2"))
         matrix.generation = generation
         return matrix
 

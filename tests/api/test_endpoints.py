@@ -8,10 +8,12 @@ re-compressed copies, as found in the wild.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 
 import pytest
 from flask.testing import FlaskClient
+from PIL import Image
 
 from tests.api.conftest import (
     Remote,
@@ -48,7 +50,8 @@ def test_add_upload_multipart_then_search(client: FlaskClient, photos: list[byte
     result = search(client, photos[0])
     assert result[0]["filepath"] == "photos/one.jpg"
     assert result[0]["score"] == pytest.approx(100.0)
-    assert set(result[0]) == {"score", "filepath", "metadata"}
+    # dsys/match's keys, then the evidence (docs/api.md).
+    assert set(result[0]) == {"score", "filepath", "metadata", "distance", "found_by"}
 
 
 def test_add_and_search_by_url_form_urlencoded(client: FlaskClient, photos: list[bytes],
@@ -112,10 +115,13 @@ def test_search_limit_and_cutoff(client: FlaskClient, photos: list[bytes]) -> No
     for index, data in enumerate(photos[:4]):
         add(client, f"p{index}.jpg", data)
     assert len(search(client, photos[0], limit="1")) == 1
-    # cutoff 0 keeps only identical signatures
+    # cutoff 0 keeps only identical signatures; a copy whose signature differs is
+    # reported only when local features confirm it, and says so.
     result = search(client, resized_copy(photos[0], scale=0.3, quality=30), cutoff="0")
-    assert result == []
-    assert search(client, photos[0], cutoff="0")[0]["filepath"] == "p0.jpg"
+    assert [(hit["filepath"], hit["found_by"]) for hit in result] == [("p0.jpg", ["features"])]
+    assert result[0]["distance"] > 0 and result[0]["inliers"] >= 10
+    exact = search(client, photos[0], cutoff="0")[0]
+    assert exact["filepath"] == "p0.jpg" and exact["found_by"] == ["signature"]
 
 
 @pytest.mark.parametrize("transform", [rotated_copy, mirrored_copy], ids=["rotated", "mirrored"])
@@ -125,8 +131,12 @@ def test_all_orientations(client: FlaskClient, photos: list[bytes], transform: o
     turned = transform(photos[4])
     assert search(client, turned)[0]["filepath"] == "upright.jpg"  # default: true
     assert search(client, turned, all_orientations="true")[0]["filepath"] == "upright.jpg"
+    # The signature of one orientation misses it; local features are rotation
+    # invariant, so it is still found, by features alone.
     found = search(client, turned, all_orientations="false")
-    assert "upright.jpg" not in [hit["filepath"] for hit in found]
+    # ORB is rotation invariant, not mirror invariant.
+    expected = [("upright.jpg", ["features"])] if transform is rotated_copy else []
+    assert [(hit["filepath"], hit["found_by"]) for hit in found] == expected
 
 
 def test_compare(client: FlaskClient, photos: list[bytes], remote: Remote) -> None:
@@ -134,7 +144,9 @@ def test_compare(client: FlaskClient, photos: list[bytes], remote: Remote) -> No
     assert response.status_code == 200, response.json
     assert response.json["method"] == "compare"
     same = response.json["result"][0]
-    assert same == {"score": pytest.approx(100.0), "distance": pytest.approx(0.0)}
+    assert same["score"] == pytest.approx(100.0) and same["distance"] == pytest.approx(0.0)
+    width, height = Image.open(io.BytesIO(photos[0])).size
+    assert same["inliers"] >= 50 and same["region"] == [0, 0, width, height]
 
     url1, url2 = remote.put("c1.jpg", photos[0]), remote.put("c2.jpg", resized_copy(photos[0]))
     copy = client.post("/compare", data={"url1": url1, "url2": url2}).json["result"][0]
