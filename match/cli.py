@@ -27,6 +27,7 @@ dependencies differ):
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import json
@@ -413,6 +414,87 @@ def _add_files(store: SignatureStore, settings: dict[str, Any], files: list[tupl
         flush()
 
 
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--all", "redo", is_flag=True, help="Recompute local features of records that have them too.")
+@click.option("--jobs", "-j", type=click.IntRange(1), default=None,
+              help="Processes extracting in parallel [default: CPU cores].")
+@click.option("--batch-size", type=click.IntRange(1), default=500, show_default=True,
+              help="Records per bulk upsert.")
+def reindex(paths: Sequence[str], redo: bool, jobs: int | None, batch_size: int) -> None:
+    """Backfill local features of stored images from their files (PATHS as given to `match add`).
+
+    For an index made before local features (or with MATCH_LOCAL_FEATURES off): each
+    file whose filepath is stored without features gets them; its signature,
+    metadata and date are kept. Files not in the index, or whose bytes changed since
+    they were added, are skipped and listed (add those with `match add`). Searches keep
+    working meanwhile: records without features are judged by signature alone.
+    """
+    app = _app()
+    settings = dict(app.config)
+    if not service.local_features_on(settings):
+        raise CommandError("MATCH_LOCAL_FEATURES is off: there is nothing to reindex")
+    files = list(_walk(paths))
+    if not files:
+        raise CommandError("no image files found in " + ", ".join(paths))
+    store = _store(app)
+    summary = _AddSummary()
+    try:
+        _run(lambda: _reindex_files(store, settings, files, redo, jobs or os.cpu_count() or 1,
+                                    batch_size, summary))
+        missing = _run(store.missing_features)
+    finally:
+        _close(app)
+    err = sys.stderr
+    click.echo(f"reindexed {summary.added}, skipped {len(summary.skipped)}; "
+               f"{missing} stored images still have no local features", file=err)
+    for path, reason in summary.skipped:
+        click.echo(f"  skipped {path}: {reason}", file=err)
+
+
+def _reindex_files(store: SignatureStore, settings: dict[str, Any], files: list[tuple[Path, str]],
+                   redo: bool, jobs: int, batch_size: int, summary: _AddSummary) -> None:
+    """Give the stored records of ``files`` their local features, in batches."""
+    todo: list[tuple[Path, str, Record]] = []
+    for path, filepath in files:
+        record = store.get(filepath) if _valid_filepath(filepath) else None
+        if record is None:
+            summary.skipped.append((str(path), "not in the index (add it with `match add`)"))
+        elif record.features is None or redo:
+            todo.append((path, filepath, record))
+    batch: list[Record] = []
+
+    def flush() -> None:
+        summary.added += store.upsert_many(batch)
+        batch.clear()
+
+    pending = [(path, filepath) for path, filepath, _ in todo]
+    with click.progressbar(length=len(todo), label="extracting", file=sys.stderr) as bar:
+        for (path, _, record), outcome in zip(todo, _signed(pending, settings, jobs), strict=True):
+            bar.update(1)
+            if isinstance(outcome, str):
+                summary.skipped.append((str(path), outcome))
+                continue
+            stored_sha = record.sha256 or record.metadata.get(service.SHA256_KEY)
+            if stored_sha and stored_sha != outcome.sha256:
+                summary.skipped.append((str(path), "the file changed since it was added "
+                                        "(add it again with `match add`)"))
+                continue
+            batch.append(dataclasses.replace(record, features=outcome.features))
+            if len(batch) >= batch_size:
+                flush()
+    if batch:
+        flush()
+
+
+def _valid_filepath(filepath: str) -> bool:
+    try:
+        service.check_filepath(filepath)
+    except MatchError:
+        return False
+    return True
+
+
 def _report(summary: _AddSummary) -> None:
     err = sys.stderr
     click.echo(f"added {summary.added}, skipped {len(summary.skipped)}", file=err)
@@ -440,8 +522,7 @@ def search(image: str, limit: int | None, cutoff: float | None, all_orientations
                                               limit=limit, cutoff=cutoff))
     finally:
         _close(app)
-    _echo_json([{"score": m.score, "filepath": m.filepath, "metadata": dict(m.metadata)}
-                for m in matches])
+    _echo_json([service.hit_json(m) for m in matches])
 
 
 @cli.command()
@@ -452,7 +533,7 @@ def compare(image1: str, image2: str) -> None:
     app = _app()
     first, second = _read_image(app, image1), _read_image(app, image2)
     comparison = _run(lambda: service.compare(app.config, first, second))
-    _echo_json({"score": comparison.score, "distance": comparison.distance})
+    _echo_json(service.comparison_json(comparison))
 
 
 @cli.command()

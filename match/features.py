@@ -141,9 +141,10 @@ def _detection_grey(pixels: npt.NDArray[np.uint8], side: int) -> tuple[npt.NDArr
         factor = long_side / side
         size = (max(1, round(width / factor)), max(1, round(height / factor)))
         # INTER_AREA averages the pixels each output pixel covers: no aliasing.
-        pixels = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
+        pixels = np.asarray(cv2.resize(pixels, size, interpolation=cv2.INTER_AREA), dtype=np.uint8)
     if pixels.ndim == 3:
-        grey = cv2.cvtColor(np.ascontiguousarray(pixels[:, :, :3]), cv2.COLOR_RGB2GRAY)
+        grey = np.asarray(cv2.cvtColor(np.ascontiguousarray(pixels[:, :, :3]), cv2.COLOR_RGB2GRAY),
+                          dtype=np.uint8)
     else:
         grey = np.ascontiguousarray(pixels, dtype=np.uint8)
     return grey, factor
@@ -179,7 +180,7 @@ def extract(pixels: npt.NDArray[np.uint8], *, keypoints: int = STORED_KEYPOINTS,
     # ORB needs room for its 31-pixel patch at the coarsest level it uses.
     if min(grey.shape) < 48:
         return Features.empty(width, height)
-    orb = cv2.ORB_create(nfeatures=keypoints * _ORB_CANDIDATES, scaleFactor=1.2, nlevels=8,
+    orb = cv2.ORB_create(  # type: ignore[attr-defined]  # missing from OpenCV's stubsnfeatures=keypoints * _ORB_CANDIDATES, scaleFactor=1.2, nlevels=8,
                          edgeThreshold=15, patchSize=31, fastThreshold=10)
     found, descriptors = orb.detectAndCompute(grey, None)
     if descriptors is None or not found:
@@ -215,8 +216,9 @@ def encode(features: Features) -> bytes:
     scale = max(long_side / DETECT_SIDE, 1.0) / _POINT_UNITS
     units = np.clip(np.rint(features.points / scale), 0, 65535).astype("<u2")
     n = len(features)
-    return (_HEADER.pack(features.width, features.height, scale, n) + units.tobytes()
-            + features.descriptors.tobytes())
+    data: bytes = (_HEADER.pack(features.width, features.height, scale, n) + units.tobytes()
+                   + features.descriptors.tobytes())
+    return data
 
 
 def decode(data: bytes) -> Features:

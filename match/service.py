@@ -43,6 +43,8 @@ __all__ = [
     "search",
     "search_signed",
     "compare",
+    "hit_json",
+    "comparison_json",
     "count",
     "list_filepaths",
     "check_limit",
@@ -323,6 +325,29 @@ def compare(settings: Mapping[str, Any], data1: bytes, data2: bytes) -> Comparis
     return Comparison(float(signature.distance(first.signature, second.signature)),
                       None if check is None else check.inliers,
                       None if check is None else check.region)
+
+
+def hit_json(match: Match) -> dict[str, Any]:
+    """One /search hit: dsys/match's ``score``, ``filepath``, ``metadata``, then the evidence.
+
+    ``distance`` (signature), ``found_by``, and ``inliers`` / ``region`` (the box of the
+    stored image, ``[x0, y0, x1, y1]`` in its pixels, that the query shows) when local
+    features confirmed the hit.
+    """
+    hit: dict[str, Any] = {"score": match.score, "filepath": match.filepath,
+                           "metadata": dict(match.metadata), "distance": match.distance,
+                           "found_by": list(match.found_by)}
+    if match.inliers is not None:
+        hit["inliers"] = match.inliers
+        hit["region"] = None if match.region is None else list(match.region)
+    return hit
+
+
+def comparison_json(comparison: Comparison) -> dict[str, Any]:
+    """The /compare result: ``score`` and ``distance`` (signature), ``inliers`` and
+    ``region`` (of the second image that the first shows; null when not confirmed)."""
+    return {"score": comparison.score, "distance": comparison.distance, "inliers": comparison.inliers,
+            "region": None if comparison.region is None else list(comparison.region)}
 
 
 def count(store: SignatureStore) -> int:

@@ -32,6 +32,7 @@ import hashlib
 import sys
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -181,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     vocabulary = build(descriptors)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "wb") as handle:
-        np.savez_compressed(handle, **{f"level{i}": level for i, level in enumerate(vocabulary.levels)})
+        levels: dict[str, Any] = {f"level{i}": level for i, level in enumerate(vocabulary.levels)}
+        np.savez_compressed(handle, **levels)
     print(f"wrote {args.out} (sha256 of centres {vocabulary.digest[:16]})", file=sys.stderr)
     return 0
 

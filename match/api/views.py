@@ -39,7 +39,6 @@ from match.api.errors import respond
 from match.api.fields import Fields
 from match.app import get_fetcher, get_store
 from match.errors import NotFound
-from match.store import Match
 
 __all__ = ["blueprint"]
 
@@ -85,7 +84,7 @@ def search() -> Response:
     data = fields.image("url", "image", get_fetcher())
     matches = service.search(get_store(), settings, data, all_orientations=all_orientations,
                              limit=limit, cutoff=cutoff)
-    result: list[Any] = [hit_json(m) for m in matches]
+    result: list[Any] = [service.hit_json(m) for m in matches]
     # --- crowd verification (match/crowd, docs/crowd.md) ---
     # verify=true sends the query and its top verify_top matches to workers (it spends
     # money, so it needs a read-write key); every hit shows its crowd verdict when one exists.
@@ -117,25 +116,8 @@ def compare() -> Response:
     first = fields.image("url1", "image1", fetcher)
     second = fields.image("url2", "image2", fetcher)
     comparison = service.compare(current_app.config, first, second)
-    return respond("compare", [{"score": comparison.score, "distance": comparison.distance,
-                                "inliers": comparison.inliers,
-                                "region": None if comparison.region is None else list(comparison.region)}])
+    return respond("compare", [service.comparison_json(comparison)])
 
-
-def hit_json(match: Match) -> dict[str, Any]:
-    """One /search hit: dsys/match's ``score``, ``filepath``, ``metadata``, then the evidence.
-
-    ``distance`` (signature), ``found_by``, and ``inliers`` / ``region`` (the box of the
-    stored image, ``[x0, y0, x1, y1]`` in its pixels, that the query shows) when local
-    features confirmed the hit.
-    """
-    hit: dict[str, Any] = {"score": match.score, "filepath": match.filepath,
-                           "metadata": dict(match.metadata), "distance": match.distance,
-                           "found_by": list(match.found_by)}
-    if match.inliers is not None:
-        hit["inliers"] = match.inliers
-        hit["region"] = None if match.region is None else list(match.region)
-    return hit
 
 
 @blueprint.route("/count", methods=["GET", "POST"])

@@ -271,8 +271,9 @@ class _WordIndex:
     and dead entries are more than a tenth of the live ones.
 
     Scoring is tf-idf without the tf (an image lists each word once): an image scores
-    the sum of ``log((N + 1) / (df + 1))`` over the query words it has, ``N`` live
-    images and ``df`` those having the word (Philbin et al. 2007, section 3).
+    the sum of ``log(1 + (N - df + 0.5) / (df + 0.5))`` over the query words it has,
+    ``N`` live images and ``df`` those having the word: BM25's idf, as Elasticsearch
+    scores the same words, always positive (Philbin et al. 2007, section 3).
     """
 
     def __init__(self) -> None:
@@ -316,7 +317,7 @@ class _WordIndex:
                 if path is not None and words is not None]
         self.paths = [path for path, _ in live]
         self.entry_words = [words for _, words in live]
-        self.entries = {path: entry for entry, path in enumerate(self.paths)}
+        self.entries = {path: entry for entry, (path, _) in enumerate(live)}
         self.main = _csr(list(range(len(live))), self.entry_words)
         self.dead = set()
         self.recent = []
@@ -331,7 +332,8 @@ class _WordIndex:
             self._rebuild()
         if self._recent_csr is None:
             self._recent_csr = _csr(self.recent, [self.entry_words[entry] for entry in self.recent])
-        idf = np.log((live + 1) / (self.df[words] + 1.0))
+        df = self.df[words].astype(np.float64)
+        idf = np.log1p((live - df + 0.5) / (df + 0.5))
         scores = np.zeros(len(self.paths), dtype=np.float64)
         for postings, offsets in (self.main, self._recent_csr):
             starts, ends = offsets[words], offsets[words + 1]

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from match import signature as sig
+from match.features import Features
 from match.store import Match, Record, SignatureStore
 
 MakeStore = Callable[..., SignatureStore]
@@ -379,3 +380,70 @@ def test_a_new_store_on_the_same_settings_sees_the_data(make_store: MakeStore) -
     assert second.search(random_signature(3)) == []
     [hit] = second.search(random_signature(7))
     assert (hit.filepath, hit.metadata) == ("7.jpg", {"i": 7})
+
+
+# --- local features: visual words and stored keypoints ---------------------------------
+
+
+def random_features(seed: int, n: int = 100, width: int = 800, height: int = 600) -> Features:
+    """Reproducible features: n keypoints with random descriptors (so words differ per seed)."""
+    rng = np.random.default_rng(seed)
+    points = (rng.random((n, 2)) * [width - 1, height - 1]).astype(np.float32)
+    descriptors = rng.integers(0, 256, (n, 32), dtype=np.uint8)
+    return Features(points, descriptors, width, height)
+
+
+def with_features(filepath: str, seed: int, features: Features | None) -> Record:
+    return Record(filepath, random_signature(seed), {"seed": seed}, features=features)
+
+
+def test_search_words_ranks_by_shared_words(store: SignatureStore) -> None:
+    records = [with_features(f"f{seed}.jpg", seed, random_features(seed)) for seed in range(6)]
+    store.upsert_many(records)
+    target = records[3]
+    assert target.words.size > 50
+    hits = store.search_words(target.words, size=3)
+    assert hits[0].filepath == "f3.jpg"
+    assert len(hits) <= 3 and all(hit.score > 0 for hit in hits)
+    assert [hit.score for hit in hits] == sorted((hit.score for hit in hits), reverse=True)
+    # Half of its words still rank it first; words nobody has find nothing.
+    assert store.search_words(target.words[::2], size=1)[0].filepath == "f3.jpg"
+    unused = np.setdiff1d(np.arange(2000), np.concatenate([record.words for record in records]))
+    assert store.search_words(unused, size=5) == []
+    with pytest.raises(ValueError):
+        store.search_words([-1], size=5)
+
+
+def test_features_round_trip_and_missing_count(store: SignatureStore) -> None:
+    features = random_features(11)
+    store.upsert_many([with_features("with.jpg", 11, features),
+                       with_features("flat.jpg", 12, Features.empty(64, 64)),
+                       with_features("old.jpg", 13, None)])
+    found = store.get_features(["with.jpg", "flat.jpg", "old.jpg", "absent.jpg"])
+    assert set(found) == {"with.jpg", "flat.jpg"}  # no record, or no features: left out
+    assert len(found["flat.jpg"]) == 0
+    again = found["with.jpg"]
+    assert (again.width, again.height) == (800, 600)
+    assert np.array_equal(again.descriptors, features.descriptors)
+    assert np.abs(again.points - features.points).max() <= 0.5  # stored in sub-pixel units
+    record = store.get("with.jpg")
+    assert record is not None and record.features is not None
+    assert np.array_equal(record.features.descriptors, features.descriptors)
+    assert store.get("old.jpg").features is None  # type: ignore[union-attr]
+    assert store.missing_features() == 1
+
+
+def test_words_follow_overwrite_and_delete(store: SignatureStore) -> None:
+    first, second = random_features(21), random_features(22)
+    store.upsert(with_features("x.jpg", 21, first))
+    store.upsert(with_features("y.jpg", 23, random_features(23)))
+    words_first = with_features("x.jpg", 21, first).words
+    assert store.search_words(words_first, size=1)[0].filepath == "x.jpg"
+    store.upsert(with_features("x.jpg", 21, second))  # replaced: its old words are gone
+    assert "x.jpg" not in [hit.filepath for hit in store.search_words(
+        np.setdiff1d(words_first, with_features("x.jpg", 21, second).words), size=5)]
+    assert store.search_words(with_features("x.jpg", 21, second).words, size=1)[0].filepath == "x.jpg"
+    store.delete("x.jpg")
+    assert "x.jpg" not in [hit.filepath for hit in store.search_words(
+        with_features("x.jpg", 21, second).words, size=5)]
+    assert store.missing_features() == 0

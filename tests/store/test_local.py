@@ -343,3 +343,44 @@ def test_the_scan_agrees_with_brute_force(tmp_path: Path, cutoff: float) -> None
     expected = best_matches(names, nearest, [{}] * len(names), 1000, cutoff)
     got = store.search(queries, size=1000, cutoff=cutoff)
     assert [(hit.filepath, hit.distance) for hit in got] == [(hit.filepath, hit.distance) for hit in expected]
+
+
+# The schema of the release before local features (user_version 1), as it wrote it.
+_SCHEMA_V1 = """
+CREATE TABLE images (filepath TEXT PRIMARY KEY, signature BLOB NOT NULL, metadata TEXT NOT NULL,
+                     sha256 TEXT, added_at REAL NOT NULL, seq INTEGER NOT NULL);
+CREATE INDEX images_seq ON images (seq);
+CREATE TABLE deletions (filepath TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+CREATE INDEX deletions_seq ON deletions (seq);
+CREATE TABLE state (id INTEGER PRIMARY KEY CHECK (id = 0), generation INTEGER NOT NULL);
+INSERT INTO state (id, generation) VALUES (0, 1);
+PRAGMA user_version = 1;
+"""
+
+
+def test_a_store_from_before_local_features_is_upgraded_in_place(tmp_path: Path) -> None:
+    from tests.store.test_contract import random_features, with_features
+
+    path = tmp_path / DATABASE_NAME
+    old = sqlite3.connect(path)
+    old.executescript(_SCHEMA_V1)
+    old.execute("INSERT INTO images VALUES ('old.jpg', ?, '{\"k\": 1}', NULL, 1.0, 1)",
+                (random_signature(1).tobytes(),))
+    old.commit()
+    old.close()
+    store = LocalStore(path)
+    try:
+        record = store.get("old.jpg")
+        assert record is not None and record.features is None and dict(record.metadata) == {"k": 1}
+        assert paths(store.search(random_signature(1))) == ["old.jpg"]
+        assert store.missing_features() == 1
+        store.upsert(with_features("new.jpg", 2, random_features(2)))
+        assert store.search_words(with_features("new.jpg", 2, random_features(2)).words,
+                                  size=1)[0].filepath == "new.jpg"
+        store.upsert(with_features("old.jpg", 1, random_features(3)))  # what `match reindex` does
+        assert store.missing_features() == 0
+    finally:
+        store.close()
+    check = sqlite3.connect(path)
+    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    check.close()
