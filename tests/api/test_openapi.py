@@ -11,6 +11,7 @@ everything described must be served.
 
 from __future__ import annotations
 
+import io
 import json
 from importlib import resources
 from pathlib import Path
@@ -20,10 +21,11 @@ import pytest
 import schemathesis
 from flask import Flask
 from flask.testing import FlaskClient
+from PIL import Image
 
 from match import __version__
 from match.app import create_app
-from tests.api.conftest import add, multipart, upload
+from tests.api.conftest import add, jpeg, multipart, upload
 
 AUTOMATIC_METHODS = {"HEAD", "OPTIONS"}
 
@@ -83,9 +85,17 @@ def schema() -> Any:
     return schemathesis.openapi.from_dict(spec())
 
 
+def cropped(data: bytes, keep: float = 0.7) -> bytes:
+    """The middle of the photo, ``keep`` of each side: the signature loses it, local features don't."""
+    with Image.open(io.BytesIO(data)) as image:
+        margin_x, margin_y = round(image.width * (1 - keep) / 2), round(image.height * (1 - keep) / 2)
+        return jpeg(image.crop((margin_x, margin_y, image.width - margin_x, image.height - margin_y)))
+
+
 def test_real_responses_match_the_spec(client: FlaskClient, photos: list[bytes], schema: Any) -> None:
     """Successes and failures of every endpoint, checked against their response schemas."""
     photo = photos[0]
+    crop = cropped(photo)
     add(client, "kept.jpg", photo, metadata='{"source": "test"}')
     text = upload(b"plain text\n", "a.jpg")
     calls: list[tuple[str, str, Any]] = [
@@ -97,8 +107,11 @@ def test_real_responses_match_the_spec(client: FlaskClient, photos: list[bytes],
         ("/search", "POST", lambda: multipart(client, "/search", {"image": upload(photo)})),
         ("/search", "POST", lambda: multipart(client, "/search", {"image": upload(photo), "limit": "0"})),
         ("/search", "POST", lambda: multipart(client, "/search", {"image": text})),
+        ("/search", "POST", lambda: multipart(client, "/search", {"image": upload(crop)})),
         ("/compare", "POST", lambda: multipart(client, "/compare", {"image1": upload(photo),
                                                                     "image2": upload(photo)})),
+        ("/compare", "POST", lambda: multipart(client, "/compare", {"image1": upload(crop),
+                                                                    "image2": upload(photos[1])})),
         ("/compare", "POST", lambda: multipart(client, "/compare", {"image1": upload(photo)})),
         ("/count", "GET", lambda: client.get("/count")),
         ("/count", "POST", lambda: client.post("/count")),
@@ -115,13 +128,22 @@ def test_real_responses_match_the_spec(client: FlaskClient, photos: list[bytes],
         ("/metrics", "GET", lambda: client.get("/metrics")),
     ]
     statuses = set()
+    bodies: list[Any] = []
     for path, method, send in calls:
         response = send()
         statuses.add(response.status_code)
+        if path in ("/search", "/compare") and response.status_code == 200:
+            bodies.append(response.json)
         operation = schema[path][method]
         assert operation.is_valid_response(response), (path, method, response.status_code,
                                                        response.get_data(as_text=True)[:300])
     assert {200, 400, 404, 415, 422} <= statuses
+    # Both shapes of the evidence were checked: a crop found by local features (with its
+    # inliers and region), and a comparison they do not confirm (nulls).
+    hits = [hit for body in bodies if body["method"] == "search" for hit in body["result"]]
+    assert any(hit["found_by"] == ["features"] and "region" in hit for hit in hits), hits
+    comparisons = [body["result"][0] for body in bodies if body["method"] == "compare"]
+    assert {result["inliers"] is None for result in comparisons} == {True, False}, comparisons
 
 
 def test_key_failures_match_the_spec(tmp_path: Path, schema: Any) -> None:
