@@ -4,7 +4,7 @@ Real photographs from Debian packages, none of them the tests' photos (tests/pho
 takes ``lomiri-wallpapers-16.04`` and the GCompris bundles ``erase``,
 ``explore_monuments``, ``explore_world_animals`` and ``explore_farm_animals``; this
 corpus takes neither). On first use it runs ``apt-get download`` for the packages of
-:data:`SOURCES` (about 430 MB of .deb files, most of it ``stellarium-data``), unpacks
+:data:`SOURCES` (465 MB of .deb files, half of it ``stellarium-data``), unpacks
 them with ``dpkg-deb -x`` in a temporary directory, and writes each chosen photograph
 as a JPEG (quality 90) scaled to a long side of at most :data:`LONG_SIDE`, under
 ``$MATCH_BENCH_CROP_CACHE`` or ``~/.cache/match-bench-crop/photos``, with a
