@@ -55,7 +55,7 @@ from werkzeug.wrappers.response import Response as BaseResponse
 from match import service
 from match.app import get_fetcher, get_store
 from match.errors import BadRequest, MatchError, MissingField
-from match.web import csrf, queries, thumbs
+from match.web import csrf, evidence, queries, thumbs
 
 __all__ = ["bp", "PAGE_SIZE"]
 
@@ -261,8 +261,13 @@ class SearchForm:
 
 
 def _hits(matches: list[Any]) -> list[dict[str, Any]]:
+    confirmed = [m for m in matches if m.region is not None]
+    sizes = evidence.stored_sizes(get_store(), [m.filepath for m in confirmed])
+    previews = evidence.thumbnail_sizes(_settings(), {m.filepath: m.metadata.get(service.SHA256_KEY)
+                                                      for m in confirmed})
     return [{"filepath": m.filepath, "score": m.score, "distance": m.distance,
-             "metadata": _shown_metadata(m.metadata), "picture": _picture(m.filepath, m.metadata)}
+             "metadata": _shown_metadata(m.metadata), "picture": _picture(m.filepath, m.metadata),
+             **evidence.describe(m, sizes.get(m.filepath), previews.get(m.filepath))}
             for m in matches]
 
 
@@ -383,8 +388,8 @@ def compare() -> Response:
         context["errors"].append(_explain(error))
         return _page("compare.html", error.status, **context)
     context["result"] = {"score": comparison.score, "distance": comparison.distance,
-                         "same": comparison.distance <= context["cutoff"],
-                         "first": thumbs.data_uri(first), "second": thumbs.data_uri(second)}
+                         "first": thumbs.data_uri(first), "second": thumbs.data_uri(second),
+                         **evidence.of_comparison(comparison, second, _settings())}
     return _page("compare.html", **context)
 
 

@@ -279,14 +279,60 @@ def test_cutoff_slider_filters_at_once_and_searches_again(site: Site, indexed: l
     assert site.css("[data-min-score]").text == "100"
     site.wait(lambda d: "cutoff=0&" in d.current_url or "cutoff=0.00" in d.current_url
               or re.search(r"cutoff=0(&|$)", d.current_url), 10, "the page did not search again at cutoff 0")
-    site.wait(lambda d: not site.all("[data-results] .hit"), 10, "a hit beyond distance 0 stayed visible")
-    assert "Nothing in the index is within this cutoff" in site.css("[data-results]").text
+    # No signature is within distance 0 of an edited copy; what stays is what local
+    # features confirm, whatever the cutoff: the photo itself.
+    site.wait(lambda d: all(hit.get_attribute("data-found-by") == "features"
+                            for hit in site.all("[data-results] .hit:not(.filtered)")),
+              10, "a signature hit beyond distance 0 stayed visible")
+    site.wait(lambda d: "confirmed by local features" in site.css("[data-results] h2").text, 10)
+    left = [hit.find_element("css selector", ".path").text for hit in site.all("[data-results] .hit")]
+    assert left and left[0] == indexed[7].name
     slider = site.css("#cutoff")
     slider.send_keys(Keys.END)
     site.wait(lambda d: re.search(r"cutoff=1(&|$)", d.current_url), 10, "no search again at cutoff 1")
     site.wait(lambda d: len(site.all("[data-results] .hit")) >= before, 10)
-    assert len(site.all("[data-results] .hit")) == 10  # the limit: everything is within distance 1
+    # Every signature is within distance 1, but past MATCH_SURE_DISTANCE (0.25) a hit is
+    # shown only when local features confirm it: the look-alikes stay out.
+    hits = site.all("[data-results] .hit")
+    assert hits[0].find_element("css selector", ".path").text == indexed[7].name
+    for hit in hits:
+        found_by, distance = hit.get_attribute("data-found-by"), float(hit.get_attribute("data-distance"))
+        assert "features" in found_by.split() or distance <= 0.25, (found_by, distance)
     site.shot("02-slider-at-1")
+
+
+def test_a_crop_is_found_and_its_region_outlined_on_the_thumbnail(site: Site, indexed: list[Path]) -> None:
+    from PIL import Image
+
+    target = indexed[9]
+    query = site.work / "query-crop.jpg"
+    with Image.open(target) as image:  # keep 70% of each side, off-centre
+        width, height = image.size
+        box = (round(.05 * width), round(.25 * height), round(.75 * width), round(.95 * height))
+        image.convert("RGB").crop(box).save(query, quality=90)
+    site.get("/ui/")
+    site.css("#image").send_keys(str(query))
+    site.css("button.primary").click()
+    hits = _results(site)
+    assert hits and hits[0].find_element("css selector", ".path").text == target.name
+    first = hits[0]
+    assert "local features" in first.find_element("css selector", ".found-by").text
+    thumb = first.find_element("css selector", ".shown img.thumb")
+    _wait_thumb(site, thumb)
+    # Where the outline is on screen, against where the crop is in the letterboxed
+    # thumbnail (object-fit: contain): within 2% of the picture's size.
+    placed = site.js("""
+        const img = arguments[0], rect = arguments[1].getBoundingClientRect();
+        const b = img.getBoundingClientRect();
+        const s = Math.min(b.width / img.naturalWidth, b.height / img.naturalHeight);
+        const w = img.naturalWidth * s, h = img.naturalHeight * s;
+        const left = b.left + (b.width - w) / 2, top = b.top + (b.height - h) / 2;
+        return [(rect.left - left) / w, (rect.top - top) / h,
+                (rect.right - left) / w, (rect.bottom - top) / h];
+        """, thumb, first.find_element("css selector", "svg.region rect.line"))
+    for got, want in zip(placed, (.05, .25, .75, .95), strict=True):
+        assert abs(got - want) < .02, (placed, "the outline is not where the crop is")
+    site.shot("02b-crop-region")
 
 
 def test_drop_an_image_on_the_search_form(site: Site, indexed: list[Path]) -> None:
@@ -414,19 +460,27 @@ def test_send_matches_to_the_crowd_and_read_the_dashboard(site: Site, image_serv
     site.truth.update({urls[0]: "same", urls[1]: "different", urls[2]: "different"})
     query = site.work / "crowd-query.jpg"
     query.write_bytes(resized_copy(site.spare[0].read_bytes()))
-    site.get("/ui/")
-    site.css("#image").send_keys(str(query))
-    site.js("const s = document.querySelector('#cutoff'); s.value = '1';"
-            "s.dispatchEvent(new Event('input'));")
-    site.css("button.primary").click()
-    hits = _results(site)
-    paths = [h.find_element("css selector", ".path").text for h in hits]
-    assert paths[0] == urls[0]
-    from selenium.webdriver.support.ui import Select
+    # The two other photos are distinct look-alikes at best: local features rightly do
+    # not confirm them, so they are reported only with every signature hit within the
+    # cutoff taken as sure (MATCH_SURE_DISTANCE = 1), as before local features.
+    sure = site.app.config["MATCH_SURE_DISTANCE"]
+    site.app.config["MATCH_SURE_DISTANCE"] = 1.0
+    try:
+        site.get("/ui/")
+        site.css("#image").send_keys(str(query))
+        site.js("const s = document.querySelector('#cutoff'); s.value = '1';"
+                "s.dispatchEvent(new Event('input'));")
+        site.css("button.primary").click()
+        hits = _results(site)
+        paths = [h.find_element("css selector", ".path").text for h in hits]
+        assert paths[0] == urls[0]
+        from selenium.webdriver.support.ui import Select
 
-    Select(site.css("#top")).select_by_value("3")
-    site.css(".crowd-form button").click()
-    site.wait(lambda d: "sent to the crowd" in site.css("main").text, 60)
+        Select(site.css("#top")).select_by_value("3")
+        site.css(".crowd-form button").click()
+        site.wait(lambda d: "sent to the crowd" in site.css("main").text, 60)
+    finally:
+        site.app.config["MATCH_SURE_DISTANCE"] = sure
     notice = site.css("#crowd").text
     sent = int(re.search(r"(\d+) pairs? sent", notice).group(1))  # type: ignore[union-attr]
     assert sent == len(urls)  # cutoff 1, top 3: every indexed photo is a match

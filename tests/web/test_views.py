@@ -97,7 +97,10 @@ def test_search_without_javascript(client: FlaskClient, photo_paths: list[Path])
     assert re.findall(r'<p class="path">([^<]+)</p>', again)[0] == photos[4].name
     narrower = client.post("/ui/search", data={"q": key, "cutoff": "0.01", "all": "0"})
     assert narrower.status_code == 200
-    assert "Nothing in the index is within this cutoff" in narrower.get_data(as_text=True)
+    # Its signature is beyond 0.01 now: only local features report it.
+    narrowed = narrower.get_data(as_text=True)
+    assert re.findall(r'<p class="path">([^<]+)</p>', narrowed) == [photos[4].name]
+    assert 'data-found-by="features"' in narrowed and "Found by <strong>local features</strong>" in narrowed
     assert 'id="all" name="all" value="1">' in narrower.get_data(as_text=True)  # unchecked now
 
 
@@ -291,3 +294,94 @@ def test_nothing_goes_to_the_crowd_on_a_form_with_errors(tmp_path: Path, photo_p
         assert not (tmp_path / "data" / "crowd.sqlite3").exists()  # no task, no HIT
     finally:
         close_store(app)
+
+
+def crop(data: bytes, box: tuple[float, float, float, float]) -> tuple[bytes, tuple[int, int]]:
+    """The part ``box`` (fractions x0, y0, x1, y1) of a photo as JPEG, and the photo's size."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        width, height = image.size
+        pixels = (round(box[0] * width), round(box[1] * height),
+                  round(box[2] * width), round(box[3] * height))
+        out = io.BytesIO()
+        image.convert("RGB").crop(pixels).save(out, "JPEG", quality=90)
+    return out.getvalue(), (width, height)
+
+
+def region_boxes(html: str) -> list[dict[str, float]]:
+    """The region boxes drawn on a page: their data-x/y/width/height, and the rectangles'."""
+    boxes = []
+    for svg in re.findall(r"<svg class=\"region\"[^>]*>.*?</svg>", html, re.S):
+        numbers = {name: float(value)
+                   for name, value in re.findall(r'data-(x|y|width|height)="([0-9.]+)"', svg)}
+        rect = re.search(r'<rect class="line" x="([0-9.]+)%" y="([0-9.]+)%" width="([0-9.]+)%" '
+                         r'height="([0-9.]+)%"', svg)
+        assert rect, svg
+        assert [float(v) for v in rect.groups()] == [numbers[k] for k in ("x", "y", "width", "height")]
+        view = re.search(r'viewBox="0 0 (\d+) (\d+)"', svg)
+        assert view, svg
+        numbers["view_width"], numbers["view_height"] = float(view.group(1)), float(view.group(2))
+        boxes.append(numbers)
+    return boxes
+
+
+def test_a_crop_is_found_and_its_region_drawn_on_the_stored_thumbnail(client: FlaskClient,
+                                                                      photo_paths: list[Path]) -> None:
+    photos = photo_paths[:6]
+    assert upload(client, photos).status_code == 303
+    # An off-centre crop keeping 65% x 70% of photo 2: the signature loses it.
+    part = (0.10, 0.20, 0.75, 0.90)
+    query, (width, height) = crop(photos[2].read_bytes(), part)
+    page = post_form(client, "/ui/search", [("image", ("crop.jpg", query, "image/jpeg"))])
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    paths = re.findall(r'<p class="path">([^<]+)</p>', html)
+    assert paths and paths[0] == photos[2].name
+    first = html[html.index('<li class="card hit"'):]
+    first = first[:first.index("</li>")]
+    assert "data-confirmed" in first and "local features" in first and "matching keypoints" in first
+    boxes = region_boxes(first)
+    assert len(boxes) == 1, first
+    drawn = boxes[0]
+    # Drawn in the stored image's pixels, over its thumbnail.
+    assert (drawn["view_width"], drawn["view_height"]) == (width, height)
+    assert 'src="/ui/thumbs/' in first and 'class="shown"' in first
+    # Where the crop really is, within a few percent (RANSAC's estimate of the frame) ...
+    expected = {"x": 100 * part[0], "y": 100 * part[1], "width": 100 * (part[2] - part[0]),
+                "height": 100 * (part[3] - part[1])}
+    for key, value in expected.items():
+        assert abs(drawn[key] - value) < 3.0, (key, drawn, expected)
+    # ... and exactly the region the JSON API reports, as percentages of the stored image.
+    body, content_type = encode_multipart_formdata([("image", ("crop.jpg", query, "image/jpeg"))])
+    hits = client.post("/search", data=body, content_type=content_type).get_json()["result"]
+    hit = next(hit for hit in hits if hit["filepath"] == photos[2].name)
+    x0, y0, x1, y1 = hit["region"]
+    assert drawn == {"x": round(100 * x0 / width, 2), "y": round(100 * y0 / height, 2),
+                     "width": round(100 * (x1 - x0) / width, 2), "height": round(100 * (y1 - y0) / height, 2),
+                     "view_width": width, "view_height": height}
+    assert f"{hit['inliers']} matching keypoints" in first
+
+
+def test_compare_page_shows_the_region_of_the_second_image(client: FlaskClient,
+                                                           photo_paths: list[Path]) -> None:
+    data = photo_paths[3].read_bytes()
+    part = (0.15, 0.15, 0.85, 0.85)  # 15% off each side
+    query, (width, height) = crop(data, part)
+    response = post_form(client, "/ui/compare", [("image1", ("crop.jpg", query, "image/jpeg")),
+                                                 ("image2", ("whole.jpg", data, "image/jpeg"))])
+    assert response.status_code == 200
+    html = response.get_data(as_text=True)
+    assert "Local features confirm it" in html and 'class="verdict same"' in html
+    assert int(re.search(r"data-inliers>(\d+)<", html).group(1)) >= 10  # type: ignore[union-attr]
+    boxes = region_boxes(html)
+    assert len(boxes) == 1
+    assert (boxes[0]["view_width"], boxes[0]["view_height"]) == (width, height)
+    for key, value in {"x": 15.0, "y": 15.0, "width": 70.0, "height": 70.0}.items():
+        assert abs(boxes[0][key] - value) < 3.0, (key, boxes[0])
+    # Two distinct photos: no region, and the page says they are not the same.
+    other = post_form(client, "/ui/compare", [("image1", ("a.jpg", photo_paths[0].read_bytes(),
+                                                           "image/jpeg")),
+                                              ("image2", ("b.jpg", data, "image/jpeg"))])
+    text = other.get_data(as_text=True)
+    assert "<svg class=\"region\"" not in text and 'class="verdict different"' in text

@@ -82,7 +82,9 @@
     if (!section) { return; }
     var shown = 0;
     section.querySelectorAll("[data-distance]").forEach(function (hit) {
-      var out = parseFloat(hit.getAttribute("data-distance")) > cutoff + 1e-9;
+      // A hit confirmed by local features is reported whatever its signature distance.
+      var out = !hit.hasAttribute("data-confirmed") &&
+        parseFloat(hit.getAttribute("data-distance")) > cutoff + 1e-9;
       hit.classList.toggle("filtered", out);
       if (!out) { shown++; }
     });
