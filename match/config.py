@@ -184,7 +184,7 @@ SETTINGS: tuple[Setting, ...] = (
             "the signature and verify candidates geometrically, so crops, borders, rotations and "
             "screenshots are found and look-alikes are not; `false` keeps the signature-only footprint.",
             parse_bool),
-    Setting("MATCH_SURE_DISTANCE", 0.25, "Signature distance up to which a hit needs no verification; "
+    Setting("MATCH_SURE_DISTANCE", 0.2, "Signature distance up to which a hit needs no verification; "
             "a hit between it and `cutoff` is reported only when local features confirm it.",
             _unit_float),
     Setting("MATCH_MIN_INLIERS", 10, "Fewest geometrically consistent keypoint matches (RANSAC "

@@ -75,7 +75,7 @@ QUERY_KEYPOINTS = 1000
 QUERY_DETAIL_SIDE = 1280
 
 #: Fewest RANSAC inliers that count as the same picture (measured in BENCHMARKS.md).
-MIN_INLIERS = 12
+MIN_INLIERS = 10
 
 #: Lowe's ratio: the best match must be this much closer than the second best.
 RATIO = 0.8
@@ -83,8 +83,19 @@ RATIO = 0.8
 #: Hamming distance (of 256 bits) above which two descriptors never match.
 MAX_HAMMING = 80
 
-#: RANSAC reprojection threshold, as a fraction of the stored image's detection side.
+#: RANSAC reprojection threshold, as a fraction of the stored image's long side.
 REPROJECTION = 0.012
+
+#: A runner-up in the ratio test must lie this far (fraction of the query's long side)
+#: from the nearest match.
+SEPARATION = 0.02
+
+#: Least share of each image's area that the inliers' bounding box must span: matches
+#: clustered on a small shared detail (a logo, a watermark, a line of text) are not the
+#: same picture.
+MIN_COVERAGE = 0.01
+
+_NEIGHBOURS = 4
 
 _ORB_CANDIDATES = 3  # ORB detects this many times the keypoints kept, then we pick
 _GRID = 8  # cells per side of the spreading grid
@@ -180,8 +191,9 @@ def extract(pixels: npt.NDArray[np.uint8], *, keypoints: int = STORED_KEYPOINTS,
     # ORB needs room for its 31-pixel patch at the coarsest level it uses.
     if min(grey.shape) < 48:
         return Features.empty(width, height)
-    orb = cv2.ORB_create(  # type: ignore[attr-defined]  # missing from OpenCV's stubsnfeatures=keypoints * _ORB_CANDIDATES, scaleFactor=1.2, nlevels=8,
-                         edgeThreshold=15, patchSize=31, fastThreshold=10)
+    # ORB_create is missing from OpenCV's type stubs.
+    orb = cv2.ORB_create(nfeatures=keypoints * _ORB_CANDIDATES,  # type: ignore[attr-defined]
+                         scaleFactor=1.2, nlevels=8, edgeThreshold=15, patchSize=31, fastThreshold=10)
     found, descriptors = orb.detectAndCompute(grey, None)
     if descriptors is None or not found:
         return Features.empty(width, height)
@@ -238,12 +250,13 @@ def decode(data: bytes) -> Features:
 def verify(query: Features, stored: Features, *, min_inliers: int = MIN_INLIERS) -> Verification | None:
     """RANSAC-fit the query's keypoints to the stored image's; None unless confirmed.
 
-    A match is a descriptor pair that passes Lowe's ratio test (ratio :data:`RATIO`)
-    within :data:`MAX_HAMMING` bits, one per query keypoint. A similarity transform
-    (OpenCV's ``estimateAffinePartial2D``) is fitted by RANSAC; the candidate is
-    confirmed when at least ``min_inliers`` matches agree, the scale is plausible
-    (1/16 to 16) and the query's frame maps onto a region of the stored image at least
-    2% of its side.
+    A match is a descriptor pair that passes Lowe's ratio test (ratio :data:`RATIO`,
+    against the nearest query keypoint :data:`SEPARATION` away) within
+    :data:`MAX_HAMMING` bits, one per query keypoint. A similarity transform (OpenCV's
+    ``estimateAffinePartial2D``) is fitted by RANSAC; the candidate is confirmed when
+    at least ``min_inliers`` matches agree, they span at least :data:`MIN_COVERAGE`
+    of both images, the scale is plausible (1/16 to 16) and the query's frame maps
+    onto a region of the stored image at least 2% of its side.
     """
     return verify_many(query, [stored], min_inliers=min_inliers)[0]
 
@@ -262,16 +275,21 @@ def verify_many(query: Features, stored: list[Features], *,
     descriptors = np.concatenate([stored[i].descriptors for i in usable])
     owners = np.concatenate([np.full(len(stored[i]), i, dtype=np.intp) for i in usable])
     local = np.concatenate([np.arange(len(stored[i]), dtype=np.intp) for i in usable])
-    # For each stored keypoint, its two nearest query keypoints.
-    found = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(descriptors, query.descriptors, k=2)
-    rows = np.full((len(found), 3), -1, dtype=np.int64)  # query index, first, second distance
-    for row, pair in enumerate(found):
-        if pair:
-            rows[row, 0] = pair[0].trainIdx
-            rows[row, 1] = pair[0].distance
-            rows[row, 2] = pair[1].distance if len(pair) > 1 else 10_000
-    good = ((rows[:, 0] >= 0) & (rows[:, 1] <= MAX_HAMMING)
-            & (rows[:, 1] <= RATIO * rows[:, 2]))
+    # For each stored keypoint, its nearest query keypoints. The ratio test compares
+    # the nearest with the nearest *elsewhere*: a query point detected at two scales
+    # (or two pyramid levels) is its own runner-up, which would fail a plain test.
+    found = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(descriptors, query.descriptors, k=_NEIGHBOURS)
+    index = np.full((len(found), _NEIGHBOURS), -1, dtype=np.int64)
+    distance = np.full((len(found), _NEIGHBOURS), np.inf)
+    for row, neighbours in enumerate(found):
+        for column, neighbour in enumerate(neighbours):
+            index[row, column] = neighbour.trainIdx
+            distance[row, column] = neighbour.distance
+    where = query.points[np.maximum(index, 0)]
+    apart = np.hypot(*(where - where[:, :1]).transpose(2, 0, 1)) > SEPARATION * max(query.width, query.height)
+    runner_up = np.where(apart & (index >= 0), distance, np.inf)[:, 1:].min(axis=1)
+    rows = np.stack([index[:, 0], distance[:, 0]], axis=1)
+    good = (index[:, 0] >= 0) & (distance[:, 0] <= MAX_HAMMING) & (distance[:, 0] <= RATIO * runner_up)
     for i in usable:
         mine = np.flatnonzero(good & (owners == i))
         if len(mine) < min_inliers:
@@ -283,9 +301,15 @@ def verify_many(query: Features, stored: list[Features], *,
         kept = order[first]
         if len(kept) < min_inliers:
             continue
-        pairs = np.stack([rows[kept, 0], local[kept]], axis=1)
+        pairs = np.stack([rows[kept, 0].astype(np.int64), local[kept]], axis=1)
         results[i] = _fit(query, stored[i], pairs, min_inliers)
     return results
+
+
+def _coverage(points: npt.NDArray[np.float32], features: Features) -> float:
+    """Share of the image's area covered by the bounding box of ``points``."""
+    spans = points.max(axis=0) - points.min(axis=0)
+    return float(spans[0] * spans[1]) / max(features.width * features.height, 1)
 
 
 def _fit(query: Features, stored: Features, pairs: npt.NDArray[np.int64],
@@ -301,6 +325,10 @@ def _fit(query: Features, stored: Features, pairs: npt.NDArray[np.int64],
         return None
     inliers = int(mask.sum())
     if inliers < min_inliers:
+        return None
+    chosen = mask.ravel().astype(bool)
+    if (_coverage(source[chosen], query) < MIN_COVERAGE
+            or _coverage(target[chosen], stored) < MIN_COVERAGE):
         return None
     a, b = float(matrix[0, 0]), float(matrix[1, 0])
     scale = float(np.hypot(a, b))

@@ -12,9 +12,9 @@ The rule, for each stored image (one entry per filepath):
 * **The uncertain band**: ``sure`` < distance <= ``cutoff``. Distinct photos of one
   series or one place sit here as often as real edits do, so the hit is reported only
   when verification confirms it (``found_by = ("signature", "features")``, score as
-  today). When verification cannot speak (the query or the stored image has fewer
-  keypoints than ``min_inliers``, or the stored image has no features yet because the
-  index predates them), the signature decides alone, as it did before.
+  today). Only when the stored image has no features yet (an index made before them,
+  until ``match reindex``) does the signature decide alone, as it did before; a query
+  or a stored image too flat to have keypoints is matched when its signature is sure.
 * **Found by features**: any other candidate (beyond the cutoff, or found by visual
   words) that verification confirms: a crop, a border, a rotation, a screenshot.
   ``found_by = ("features",)``; its score is :func:`inlier_score`.
@@ -25,9 +25,9 @@ Hits are ranked by score, best first (ties by filepath), and cut at ``size``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 
-from match.features import Features, Verification
+from match.features import Verification
 from match.store.base import Match
 
 __all__ = ["fuse", "inlier_score"]
@@ -47,15 +47,15 @@ def inlier_score(inliers: int, min_inliers: int) -> float:
 
 def fuse(signature_hits: Sequence[Match], verified: Mapping[str, Verification],
          distances: Mapping[str, float], metadata: Mapping[str, Mapping[str, object]], *,
-         query: Features | None, stored: Mapping[str, Features], sure: float, cutoff: float,
-         min_inliers: int, size: int) -> list[Match]:
+         unverifiable: Set[str], sure: float, cutoff: float, min_inliers: int,
+         size: int) -> list[Match]:
     """The reported hits (see the module docstring).
 
     ``signature_hits`` are the nearest signatures (any distance, nearest first);
     ``verified`` the candidates that verification confirmed; ``distances`` the
     signature distance of confirmed candidates that are not among ``signature_hits``
-    (when known); ``metadata`` theirs; ``query`` and ``stored`` the features
-    (None / missing: local features off or not backfilled).
+    (when known); ``metadata`` theirs; ``unverifiable`` the stored images that have
+    no features to verify with (not backfilled yet).
     """
     hits: dict[str, Match] = {}
     sure = min(sure, cutoff)
@@ -68,7 +68,7 @@ def fuse(signature_hits: Sequence[Match], verified: Mapping[str, Verification],
         elif hit.distance <= cutoff:
             if check is not None:
                 hits[hit.filepath] = _with(hit, check, (SIGNATURE, FEATURES))
-            elif not _can_verify(query, stored.get(hit.filepath), min_inliers):
+            elif hit.filepath in unverifiable:
                 hits[hit.filepath] = hit
         elif check is not None:
             hits[hit.filepath] = _with(hit, check, (FEATURES,),
@@ -92,8 +92,3 @@ def _with(hit: Match, check: Verification | None, found_by: tuple[str, ...],
                  region=None if check is None else check.region, found_by=found_by,
                  reported_score=score)
 
-
-def _can_verify(query: Features | None, stored: Features | None, min_inliers: int) -> bool:
-    """Whether verification had a chance: both sides have enough keypoints."""
-    return (query is not None and stored is not None and len(query) >= min_inliers
-            and len(stored) >= min_inliers)

@@ -289,10 +289,13 @@ def search_signed(store: SignatureStore, settings: Mapping[str, Any], signed: Si
     to_verify = [hit.filepath for hit in nearest if hit.distance > sure][:verify_count + size]
     to_verify += [hit.filepath for hit in by_words if hit.filepath not in sure_hits]
     to_verify = list(dict.fromkeys(to_verify))
-    stored = store.get_features(to_verify) if len(query) >= min_inliers else {}
-    if len(stored) < len(to_verify) and store.missing_features():
+    stored = store.get_features(to_verify)
+    unverifiable = set(to_verify) - set(stored)
+    if unverifiable:
         log.info("search: %d of %d candidates have no local features yet (run `match reindex`); "
-                 "they are judged by signature alone", len(to_verify) - len(stored), len(to_verify))
+                 "they are judged by signature alone", len(unverifiable), len(to_verify))
+    if len(query) < min_inliers:  # a flat or tiny query: only a sure signature matches
+        stored = {}
     names = list(stored)
     checks = local_features.verify_many(query, [stored[name] for name in names], min_inliers=min_inliers)
     verified = {name: check for name, check in zip(names, checks, strict=True) if check is not None}
@@ -307,7 +310,7 @@ def search_signed(store: SignatureStore, settings: Mapping[str, Any], signed: Si
                                                                 record.signature[np.newaxis, :]).min())
                 metadata[filepath] = record.metadata
     candidates = [hit for hit in nearest if hit.distance <= cutoff or hit.filepath in verified]
-    return fusion.fuse(candidates, verified, distances, metadata, query=query, stored=stored,
+    return fusion.fuse(candidates, verified, distances, metadata, unverifiable=unverifiable,
                        sure=sure, cutoff=cutoff, min_inliers=min_inliers, size=size)
 
 
