@@ -409,6 +409,35 @@ def test_compare_shows_both_images_side_by_side(site: Site, indexed: list[Path])
     assert left.rect["y"] == right.rect["y"] and left.rect["x"] < right.rect["x"]
     assert site.accessibility_problems() == []
     site.shot("06-compare")
+    # A crop of the middle against the whole: the region is outlined on the second image.
+    from PIL import Image
+
+    crop = site.work / "compare-crop.jpg"
+    with Image.open(original) as image:
+        width, height = image.size
+        image.convert("RGB").crop((round(.2 * width), round(.2 * height), round(.8 * width),
+                                   round(.8 * height))).save(crop, quality=90)
+    site.get("/ui/compare")
+    site.css("#image1").send_keys(str(crop))
+    site.css("#image2").send_keys(str(original))
+    site.css("button.primary").click()
+    site.wait(lambda d: site.all("[data-score]"), 30)
+    assert "Local features confirm it" in site.css(".compare-result").text
+    right = site.all(".compare-result .pair img")[1]
+    outline = site.css(".compare-result svg.region rect.line")
+    placed = site.js("""
+        const img = arguments[0], rect = arguments[1].getBoundingClientRect();
+        const b = img.getBoundingClientRect();
+        const s = Math.min(b.width / img.naturalWidth, b.height / img.naturalHeight);
+        const w = img.naturalWidth * s, h = img.naturalHeight * s;
+        const left = b.left + (b.width - w) / 2, top = b.top + (b.height - h) / 2;
+        return [(rect.left - left) / w, (rect.top - top) / h,
+                (rect.right - left) / w, (rect.bottom - top) / h];
+        """, right, outline)
+    for got, want in zip(placed, (.2, .2, .8, .8), strict=True):
+        assert abs(got - want) < .02, (placed, "the outline is not where the crop is")
+    assert site.accessibility_problems() == []
+    site.shot("06b-compare-crop")
 
 
 def test_phone_layout_does_not_overflow(site: Site, indexed: list[Path]) -> None:

@@ -385,3 +385,40 @@ def test_compare_page_shows_the_region_of_the_second_image(client: FlaskClient,
                                               ("image2", ("b.jpg", data, "image/jpeg"))])
     text = other.get_data(as_text=True)
     assert "<svg class=\"region\"" not in text and 'class="verdict different"' in text
+
+
+def test_region_boxes_are_percentages_of_the_stored_image() -> None:
+    from match.web import evidence
+
+    assert evidence.box([192, 108, 1728, 972], 1920, 1080) == {"x": 10.0, "y": 10.0, "width": 80.0,
+                                                               "height": 80.0, "area": 64.0}
+    # Clipped to the image; empty or sizeless boxes are not drawn.
+    assert evidence.box([-50, 540, 3000, 1080], 1920, 1080) == {"x": 0.0, "y": 50.0, "width": 100.0,
+                                                                "height": 50.0, "area": 50.0}
+    assert evidence.box([10, 10, 10, 500], 1920, 1080) is None
+    assert evidence.box([0, 0, 5, 5], 0, 1080) is None
+    # A 256 px thumbnail of a 1920 x 1080 image has its shape; a turned one does not.
+    assert evidence.same_shape((256, 144), 1920, 1080)
+    assert not evidence.same_shape((144, 256), 1920, 1080)
+
+
+def test_with_local_features_off_hits_are_signature_hits(tmp_path: Path, photo_paths: list[Path]) -> None:
+    app = create_app({"MATCH_DATA_DIR": str(tmp_path / "data"), "MATCH_STORE": "local", "TESTING": True,
+                      "MATCH_UI_SECRET": "test-secret-for-csrf", "MATCH_LOCAL_FEATURES": False})
+    try:
+        client = app.test_client()
+        assert upload(client, photo_paths[:3]).status_code == 303
+        query = resized_copy(photo_paths[1].read_bytes())
+        page = post_form(client, "/ui/search", [("image", ("q.jpg", query, "image/jpeg"))])
+        html = page.get_data(as_text=True)
+        assert page.status_code == 200
+        assert re.findall(r'<p class="path">([^<]+)</p>', html)[0] == photo_paths[1].name
+        assert 'data-found-by="signature"' in html and "data-confirmed" not in html
+        assert "<svg class=\"region\"" not in html and "local features" not in html
+        photo = photo_paths[1].read_bytes()
+        compared = post_form(client, "/ui/compare", [("image1", ("a.jpg", photo, "image/jpeg")),
+                                                     ("image2", ("b.jpg", photo, "image/jpeg"))])
+        text = compared.get_data(as_text=True)
+        assert compared.status_code == 200 and "the same image" in text and "Local features" not in text
+    finally:
+        close_store(app)
