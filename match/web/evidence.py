@@ -155,7 +155,7 @@ def of_comparison(comparison: service.Comparison, second: bytes,
     """
     cutoff = float(settings["MATCH_CUTOFF"])
     on = service.local_features_on(settings)
-    sure = min(float(settings.get("MATCH_SURE_DISTANCE", 0.25)), cutoff) if on else cutoff
+    sure = min(float(settings.get("MATCH_SURE_DISTANCE", 0.2)), cutoff) if on else cutoff
     distance = comparison.distance
     if comparison.inliers is not None:
         same, why = True, "features"

@@ -291,13 +291,14 @@ def test_cutoff_slider_filters_at_once_and_searches_again(site: Site, indexed: l
     slider.send_keys(Keys.END)
     site.wait(lambda d: re.search(r"cutoff=1(&|$)", d.current_url), 10, "no search again at cutoff 1")
     site.wait(lambda d: len(site.all("[data-results] .hit")) >= before, 10)
-    # Every signature is within distance 1, but past MATCH_SURE_DISTANCE (0.25) a hit is
-    # shown only when local features confirm it: the look-alikes stay out.
+    # Every signature is within distance 1, but past MATCH_SURE_DISTANCE a hit is shown
+    # only when local features confirm it: the look-alikes stay out.
+    sure = float(site.app.config["MATCH_SURE_DISTANCE"])
     hits = site.all("[data-results] .hit")
     assert hits[0].find_element("css selector", ".path").text == indexed[7].name
     for hit in hits:
         found_by, distance = hit.get_attribute("data-found-by"), float(hit.get_attribute("data-distance"))
-        assert "features" in found_by.split() or distance <= 0.25, (found_by, distance)
+        assert "features" in found_by.split() or distance <= sure, (found_by, distance)
     site.shot("02-slider-at-1")
 
 
