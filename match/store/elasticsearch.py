@@ -19,6 +19,21 @@ The design, step by step:
                                   the mapping
     sha256     keyword            hex digest of the image bytes
     added_at   date (epoch_second)
+    words      keyword            the distinct visual words of its local features
+                                  (:mod:`match.features`), an array of strings, for
+                                  BM25-ranked candidates; excluded from _source
+    features   binary, store: true    :func:`match.features.encode`'s bytes, read as
+                                  a stored field (never by a signature search);
+                                  excluded from _source so they are not kept twice
+    keypoints  integer            how many keypoints; absent when the features were
+                                  not computed (what ``missing_features`` counts)
+
+An index made before local features (without ``words``, ``features``, ``keypoints``)
+keeps working: the three fields are added with a put-mapping (adding fields is
+allowed), its records read back with ``features=None`` until ``match reindex``
+backfills them. Its ``_source`` excludes can't be changed, so such an index keeps the
+backfilled words and features in ``_source`` too (about twice the bytes; a new index
+does not).
 
 Two processes may create the index at once: the loser's ``resource_already_exists``
 is expected and it validates the winner's mapping instead. An existing index whose
@@ -45,6 +60,16 @@ one distance every backend uses), deduped by filepath and cut by
 word (rhsimplex/image-match#64); kNN catches those (docs/elasticsearch.md has the
 recall figures of ``bench/es_recall.py``).
 
+**Visual words.** ``search_words`` is one search: a ``bool`` ``should`` of one
+``term`` per query word on ``words``, scored by BM25 (rarer words weigh more, as in
+Philbin et al.'s tf-idf). A query has up to a couple of thousand words; Elasticsearch
+caps the clauses of a query (``maxClauseCount``, from its heap and search pool: 16,384
+on a 1 GB node, 1,024 at least). When a node refuses the query for that, the store
+learns the cap from the error and sends the words in chunks of at most the cap, one
+search each in one ``_msearch``, summing each image's scores over the chunks (exact for
+an image in every chunk's top hits; the chunks return more hits than asked to make
+that likely). ``get_features`` is one ``mget`` of the stored ``features`` field.
+
 **Refresh.** A single add uses ``MATCH_ES_REFRESH`` (default ``wait_for``: what a
 client is told was added is searchable). ``upsert_many`` bulk-loads without per-chunk
 refresh and, unless the policy is ``false``, refreshes the index once at the end of
@@ -69,6 +94,7 @@ import base64
 import contextlib
 import hashlib
 import logging
+import re
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -79,9 +105,10 @@ import elasticsearch
 import numpy as np
 from elasticsearch import Elasticsearch, helpers
 
+from match import features as feat
 from match import signature as sig
 from match.errors import IncompatibleIndex, StoreError, StoreUnavailable
-from match.store.base import Match, Record, SignatureStore, best_matches
+from match.store.base import Match, Record, SignatureStore, WordHit, best_matches
 
 __all__ = ["ElasticsearchStore", "index_body", "document_id"]
 
@@ -102,6 +129,19 @@ _BULK_CHUNK = 500
 _BULK_MIN_TIMEOUT = 30.0
 #: Fields search() reads from each candidate's _source.
 _CANDIDATE_SOURCE = ["filepath", "signature", "metadata"]
+#: Fields _get reads from _source (an index from before local features keeps words
+#: and features in _source too: never fetched from there).
+_RECORD_SOURCE = ["filepath", "signature", "metadata", "sha256", "added_at"]
+#: The fields local features add to the mapping (put on an index made before them).
+_FEATURE_PROPERTIES: dict[str, dict[str, Any]] = {
+    "words": {"type": "keyword", "doc_values": False},
+    "features": {"type": "binary", "store": True},
+    "keypoints": {"type": "integer"},
+}
+#: A chunked word search asks each chunk for this many times the hits wanted.
+_CHUNK_OVERFETCH = 4
+#: The cap in Elasticsearch's "too many clauses" error.
+_MAX_CLAUSES_PATTERN = re.compile(r"maxClauseCount is set to (\d+)")
 
 
 #: Priority of the index template match keeps for its index (above the built-in
@@ -137,7 +177,7 @@ def index_body(*, shards: int = 1, replicas: int = 1, vector_index: str = "hnsw"
         "mappings": {
             "dynamic": "strict",
             # vector and words are derived from signature: no need to keep them twice.
-            "_source": {"excludes": ["vector", "word_*"]},
+            "_source": {"excludes": ["vector", "word_*", "words", "features"]},
             "properties": {
                 "filepath": {"type": "keyword"},
                 "signature": {"type": "binary"},
@@ -153,6 +193,7 @@ def index_body(*, shards: int = 1, replicas: int = 1, vector_index: str = "hnsw"
                 "metadata": {"type": "object", "enabled": False},
                 "sha256": {"type": "keyword", "doc_values": False},
                 "added_at": {"type": "date", "format": "epoch_second"},
+                **_FEATURE_PROPERTIES,
             },
         },
     }
@@ -171,6 +212,9 @@ _REQUIRED_FIELDS: dict[str, dict[str, Any]] = {
     "metadata": {"enabled": False},
     "sha256": {"type": "keyword"},
     "added_at": {"type": "date"},
+    "words": {"type": "keyword"},
+    "features": {"type": "binary", "store": True},
+    "keypoints": {"type": ("integer", "long", "short")},
 }
 
 
@@ -188,6 +232,8 @@ def _mapping_problems(mapping: Mapping[str, Any]) -> list[str]:
             found = field.get(attribute, "object" if attribute == "type" else None)
             if attribute == "element_type" and found is None:
                 found = "float"
+            if attribute == "store" and found is None:
+                found = False
             accepted = expected if isinstance(expected, tuple) else (expected,)
             if found not in accepted:
                 wanted = " or ".join(repr(value) for value in accepted)
@@ -281,6 +327,8 @@ class ElasticsearchStore(SignatureStore):
         self._client = Elasticsearch(self.urls, **options)
         self._ready = False
         self._ready_lock = threading.Lock()
+        #: The node's cap on a query's clauses, once a word search ran into it.
+        self._max_clauses: int | None = None
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ElasticsearchStore:
@@ -368,6 +416,8 @@ class ElasticsearchStore(SignatureStore):
                     if _error_type(exc) != "resource_already_exists_exception":
                         raise
                 response = self._client.indices.get_mapping(index=self.index)
+                if self._add_feature_fields(response.body):
+                    response = self._client.indices.get_mapping(index=self.index)
             for index_name, body in response.body.items():
                 problems = _mapping_problems(body.get("mappings", {}))
                 if problems:
@@ -376,6 +426,25 @@ class ElasticsearchStore(SignatureStore):
                         + "; ".join(problems)
                         + ". Point MATCH_INDEX at a new index name (match creates it) or reindex.")
             self._ready = True
+
+    def _add_feature_fields(self, mappings: Mapping[str, Any]) -> bool:
+        """Add the local-feature fields to an index made before them; True if any were.
+
+        Adding fields is a compatible mapping change; the records already there read
+        back with ``features=None`` until ``match reindex`` backfills them.
+        """
+        added = False
+        for index_name, body in mappings.items():
+            properties = body.get("mappings", {}).get("properties", {})
+            missing = {name: spec for name, spec in _FEATURE_PROPERTIES.items() if name not in properties}
+            if not missing or "filepath" not in properties:
+                continue  # complete, or not match's index at all (_mapping_problems says so)
+            self._client.indices.put_mapping(index=index_name, properties=missing)
+            log.info("added the local-feature fields %s to Elasticsearch index %r (made before them); "
+                     "`match reindex` backfills its records' features", ", ".join(sorted(missing)),
+                     index_name)
+            added = True
+        return added
 
     def _put_template(self) -> None:
         """Keep an index template with match's settings and mapping for exactly this index.
@@ -428,6 +497,10 @@ class ElasticsearchStore(SignatureStore):
             "added_at": time.time() if record.added_at is None else record.added_at,
         }
         document.update({name: str(int(word)) for name, word in zip(WORD_FIELDS, words, strict=True)})
+        if record.features is not None:
+            document["words"] = [str(int(word)) for word in record.words]
+            document["features"] = base64.b64encode(feat.encode(record.features)).decode("ascii")
+            document["keypoints"] = len(record.features)
         return document
 
     def _upsert_many(self, records: Sequence[Record]) -> None:
@@ -480,7 +553,8 @@ class ElasticsearchStore(SignatureStore):
         self._ensure_index()
         with self._translate(f"get {filepath!r}"):
             try:
-                response = self._client.get(index=self.index, id=document_id(filepath))
+                response = self._client.get(index=self.index, id=document_id(filepath),
+                                            source=_RECORD_SOURCE, stored_fields=["features"])
             except elasticsearch.NotFoundError as exc:
                 if _error_type(exc) == "index_not_found_exception":
                     raise
@@ -492,6 +566,7 @@ class ElasticsearchStore(SignatureStore):
             metadata=source.get("metadata") or {},
             sha256=source.get("sha256"),
             added_at=source.get("added_at"),
+            features=_stored_features(response.body, filepath),
         )
 
     def _count(self) -> int:
@@ -529,42 +604,10 @@ class ElasticsearchStore(SignatureStore):
 
     def _search(self, queries: np.ndarray, size: int, cutoff: float) -> list[Match]:
         self._ensure_index()
-        searches: list[dict[str, Any]] = []
-        for query in queries:
-            for body in self._searches(query):
-                searches += [{"index": self.index}, body]
-        for attempt in (1, 2):
-            with self._translate("search"):
-                response = self._client.msearch(
-                    searches=searches, filter_path="responses.hits.hits._id,responses.hits.hits._source,"
-                                                   "responses.error,responses.status")
-            results = response.get("responses", [])
-            errors = [result["error"] for result in results if "error" in result]
-            if attempt == 1 and errors and all(_item_error_type(error) in _TRANSIENT_ERRORS
-                                               for error in errors):
-                # A node left mid-search: the other copy answers a moment later.
-                log.warning("search failed transiently (%s); retrying once",
-                            ", ".join(sorted({_item_error_type(error) for error in errors})))
-                time.sleep(_TRANSIENT_RETRY_DELAY)
-                continue
-            break
+        results = self._msearch([body for query in queries for body in self._searches(query)], "search")
+        self._raise_for_errors(results)
         candidates: dict[str, Mapping[str, Any]] = {}
         for result in results:
-            if "error" in result:
-                status = int(result.get("status", 500))
-                error = result["error"]
-                missing = isinstance(error, dict) and error.get("type") == "index_not_found_exception"
-                if missing or status == 400:
-                    # Missing: recreated on the next call. 400: the query doesn't fit the
-                    # mapping (an index replaced under match): checked on the next call.
-                    self._ready = False
-                message = f"Elasticsearch search failed: {status} {error}"
-                blocked = isinstance(error, dict) and error.get("type") in ("index_closed_exception",
-                                                                            "cluster_block_exception")
-                transient = _item_error_type(error) in _TRANSIENT_ERRORS
-                if missing or blocked or transient or status in (429, 502, 503, 504):
-                    raise StoreUnavailable(message)
-                raise StoreError(message)
             for hit in result.get("hits", {}).get("hits", []):
                 candidates[hit["_id"]] = hit["_source"]
         if not candidates:
@@ -574,6 +617,109 @@ class ElasticsearchStore(SignatureStore):
         distances = sig.distances(queries, matrix).min(axis=0)
         return best_matches([source["filepath"] for source in sources], distances,
                             [source.get("metadata") or {} for source in sources], size, cutoff)
+
+    def _word_search(self, words: np.ndarray, size: int) -> dict[str, Any]:
+        """The search body of one disjunction of ``words`` (BM25 over the ``words`` field)."""
+        return {
+            "size": size,
+            "_source": ["filepath"],
+            "track_total_hits": False,
+            "query": {"bool": {"should": [{"term": {"words": str(int(word))}} for word in words]}},
+        }
+
+    def _search_words(self, words: np.ndarray, size: int) -> list[WordHit]:
+        self._ensure_index()
+        limit = self._max_clauses
+        if limit is None or words.size <= limit:
+            results = self._msearch([self._word_search(words, size)], "search visual words")
+            error = results[0].get("error") if results else None
+            learned = _max_clauses(error)
+            if learned is None or learned >= words.size:
+                self._raise_for_errors(results)
+                return _word_hits(results, size)
+            # This node caps clauses below the query's words: chunk from now on.
+            log.info("Elasticsearch caps a query at %d clauses; word searches are sent in chunks", learned)
+            self._max_clauses = limit = learned
+        chunks = [words[start:start + limit] for start in range(0, words.size, limit)]
+        per_chunk = min(_MAX_WINDOW, size * _CHUNK_OVERFETCH)
+        results = self._msearch([self._word_search(chunk, per_chunk) for chunk in chunks],
+                                "search visual words")
+        self._raise_for_errors(results)
+        return _word_hits(results, size)
+
+    def _msearch(self, bodies: Sequence[Mapping[str, Any]], action: str) -> list[dict[str, Any]]:
+        """The responses of one ``_msearch`` of ``bodies`` (``_id``, ``_score``, ``_source``
+        of the hits), retried once when every error is transient (a node leaving)."""
+        searches: list[Mapping[str, Any]] = []
+        for body in bodies:
+            searches += [{"index": self.index}, body]
+        results: list[dict[str, Any]] = []
+        for attempt in (1, 2):
+            with self._translate(action):
+                response = self._client.msearch(
+                    searches=searches, filter_path="responses.hits.hits._id,responses.hits.hits._score,"
+                                                   "responses.hits.hits._source,responses.error,"
+                                                   "responses.status")
+            results = response.get("responses", [])
+            errors = [result["error"] for result in results if "error" in result]
+            if attempt == 1 and errors and all(_item_error_type(error) in _TRANSIENT_ERRORS
+                                               for error in errors):
+                # A node left mid-search: the other copy answers a moment later.
+                log.warning("%s failed transiently (%s); retrying once", action,
+                            ", ".join(sorted({_item_error_type(error) for error in errors})))
+                time.sleep(_TRANSIENT_RETRY_DELAY)
+                continue
+            break
+        return results
+
+    def _raise_for_errors(self, results: Sequence[Mapping[str, Any]]) -> None:
+        """Raise the match error of the first failed search in an msearch response."""
+        for result in results:
+            if "error" not in result:
+                continue
+            status = int(result.get("status", 500))
+            error = result["error"]
+            missing = isinstance(error, dict) and error.get("type") == "index_not_found_exception"
+            if missing or status == 400:
+                # Missing: recreated on the next call. 400: the query doesn't fit the
+                # mapping (an index replaced under match): checked on the next call.
+                self._ready = False
+            message = f"Elasticsearch search failed: {status} {error}"
+            blocked = isinstance(error, dict) and error.get("type") in ("index_closed_exception",
+                                                                        "cluster_block_exception")
+            transient = _item_error_type(error) in _TRANSIENT_ERRORS
+            if missing or blocked or transient or status in (429, 502, 503, 504):
+                raise StoreUnavailable(message)
+            raise StoreError(message)
+
+    def _get_features(self, filepaths: Sequence[str]) -> dict[str, feat.Features]:
+        self._ensure_index()
+        with self._translate(f"get the local features of {len(filepaths)} records"):
+            response = self._client.mget(index=self.index, ids=[document_id(path) for path in filepaths],
+                                         source=["filepath"], stored_fields=["features"],
+                                         filter_path="docs._source,docs.fields,docs.found,docs.error")
+        found: dict[str, feat.Features] = {}
+        for doc in response.get("docs", []):
+            if "error" in doc:
+                error = doc["error"]
+                if isinstance(error, dict) and error.get("type") == "index_not_found_exception":
+                    self._ready = False
+                    raise StoreUnavailable(f"Elasticsearch index {self.index!r} is missing: {error}")
+                raise StoreError(f"Elasticsearch could not get local features: {error}")
+            if not doc.get("found"):
+                continue
+            filepath = doc["_source"]["filepath"]
+            features = _stored_features(doc, filepath)
+            if features is not None:
+                found[filepath] = features
+        return found
+
+    def _missing_features(self) -> int:
+        self._ensure_index()
+        with self._translate("count records without local features"):
+            response = self._client.count(index=self.index,
+                                          query={"bool": {"must_not": {"exists": {"field": "keypoints"}}}})
+        return int(response["count"])
 
     def _list(self, offset: int, limit: int) -> list[str]:
         self._ensure_index()
@@ -615,6 +761,34 @@ class ElasticsearchStore(SignatureStore):
         finally:
             with contextlib.suppress(elasticsearch.ApiError, elastic_transport.TransportError):
                 self._client.close_point_in_time(id=pit_id)
+
+
+def _stored_features(doc: Mapping[str, Any], filepath: str) -> feat.Features | None:
+    """The ``features`` stored field of a get/mget document, decoded; None without."""
+    values = doc.get("fields", {}).get("features")
+    if not values:
+        return None
+    try:
+        return feat.decode(base64.b64decode(values[0]))
+    except ValueError as exc:
+        raise StoreError(f"the local features stored for {filepath!r} are unreadable: {exc}") from exc
+
+
+def _max_clauses(error: object) -> int | None:
+    """The clause cap named by a "too many clauses" search error, else None."""
+    match = _MAX_CLAUSES_PATTERN.search(str(error)) if error else None
+    return int(match.group(1)) if match else None
+
+
+def _word_hits(results: Sequence[Mapping[str, Any]], size: int) -> list[WordHit]:
+    """Each image's score summed over the searches (one per chunk of words), best first."""
+    scores: dict[str, float] = {}
+    for result in results:
+        for hit in result.get("hits", {}).get("hits", []):
+            filepath = hit["_source"]["filepath"]
+            scores[filepath] = scores.get(filepath, 0.0) + float(hit["_score"])
+    ranked = sorted(scores.items(), key=lambda item: (-item[1], item[0]))[:size]
+    return [WordHit(filepath, score) for filepath, score in ranked if score > 0]
 
 
 def _decode(value: str) -> np.ndarray:
