@@ -2,14 +2,17 @@
 
 The backend-neutral behaviour is in test_contract.py; here: the mapping, ids derived
 from filepaths, concurrency, mapping explosion, deep pagination, kNN recall beyond the
-words, bulk errors, and failure handling (a closed port, and a loopback TCP relay that
-is switched off and on to play an Elasticsearch outage without touching the shared node).
+words, bulk errors, local features (an index from before them upgraded in place, the
+word search past the node's clause cap), and failure handling (a closed port, and a
+loopback TCP relay that is switched off and on to play an Elasticsearch outage without
+touching the shared node).
 Raw Elasticsearch calls go through urllib, so ``match.store.elasticsearch`` stays the
 only importer of ``elasticsearch``.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.server
 import json
@@ -33,6 +36,7 @@ from match import signature as sig
 from match.errors import IncompatibleIndex, StoreError, StoreUnavailable
 from match.store import Record, open_store
 from match.store.elasticsearch import WORD_FIELDS, ElasticsearchStore, document_id, index_body, template_name
+from tests.store.test_contract import random_features
 
 pytestmark = pytest.mark.elasticsearch
 
@@ -579,3 +583,141 @@ def test_a_search_failing_through_the_retry_is_unavailable_not_an_error(make_es:
             store.search(random_signature(1))
     assert caught.value.status == 503
     assert len(seen) == 2
+
+
+# --- local features (issue 10) ------------------------------------------------------
+
+
+def old_index_body() -> dict[str, Any]:
+    """The mapping the release before local features created (copied, not derived)."""
+    return {
+        "settings": {"number_of_shards": 1, "number_of_replicas": 0, "refresh_interval": "1s"},
+        "mappings": {
+            "dynamic": "strict",
+            "_source": {"excludes": ["vector", "word_*"]},
+            "properties": {
+                "filepath": {"type": "keyword"},
+                "signature": {"type": "binary"},
+                "vector": {"type": "dense_vector", "element_type": "byte", "dims": 648, "index": True,
+                           "similarity": "l2_norm", "index_options": {"type": "hnsw"}},
+                **{f"word_{i}": {"type": "keyword", "doc_values": False} for i in range(63)},
+                "metadata": {"type": "object", "enabled": False},
+                "sha256": {"type": "keyword", "doc_values": False},
+                "added_at": {"type": "date", "format": "epoch_second"},
+            },
+        },
+    }
+
+
+def old_document(filepath: str, signature: np.ndarray) -> dict[str, Any]:
+    """A document as the release before local features wrote it."""
+    document: dict[str, Any] = {"filepath": filepath,
+                                "signature": base64.b64encode(signature.tobytes()).decode("ascii"),
+                                "vector": signature.tolist(), "metadata": {"old": True},
+                                "sha256": None, "added_at": 1_700_000_000}
+    document.update({name: str(int(word)) for name, word in zip(WORD_FIELDS, sig.words(signature),
+                                                                   strict=True)})
+    return document
+
+
+def test_an_index_from_before_local_features_is_upgraded_in_place(make_es: MakeStore, es_url: str,
+                                                                  index_name: str) -> None:
+    es(es_url, "PUT", f"/{index_name}", old_index_body())
+    signatures = {f"old-{i}.jpg": random_signature(100 + i) for i in range(5)}
+    for filepath, signature in signatures.items():
+        es(es_url, "PUT", f"/{index_name}/_doc/{document_id(filepath)}?refresh=true",
+           old_document(filepath, signature))
+
+    store = make_es()
+    fields = es(es_url, "GET", f"/{index_name}/_mapping")[index_name]["mappings"]["properties"]
+    assert fields["words"]["type"] == "keyword"
+    assert fields["features"] == {"type": "binary", "store": True}
+    assert fields["keypoints"]["type"] == "integer"
+    template = es(es_url, "GET", f"/_index_template/{template_name(index_name)}")["index_templates"][0]
+    assert "features" in template["index_template"]["template"]["mappings"]["properties"]
+
+    # The old records: found by signature, read back without features, counted as missing.
+    hits = store.search(signatures["old-2.jpg"])
+    assert hits and hits[0].filepath == "old-2.jpg" and hits[0].metadata == {"old": True}
+    record = store.get("old-2.jpg")
+    assert record is not None and record.features is None
+    assert store.get_features(list(signatures)) == {}
+    assert store.missing_features() == 5 and store.count() == 5
+
+    # Backfill one (as match reindex does) and add a new one: both have words and features.
+    features = random_features(7)
+    store.upsert(Record("old-2.jpg", signatures["old-2.jpg"], {"old": True}, features=features))
+    store.upsert(Record("new.jpg", random_signature(200), features=random_features(8)))
+    assert store.missing_features() == 4 and store.count() == 6
+    words = Record("x", random_signature(0), features=features).words
+    assert store.search_words(words, size=1)[0].filepath == "old-2.jpg"
+    found = store.get_features(["old-2.jpg", "old-3.jpg", "new.jpg"])
+    assert set(found) == {"old-2.jpg", "new.jpg"}
+    assert np.array_equal(found["old-2.jpg"].descriptors, features.descriptors)
+
+    # A second process opening the upgraded index changes nothing.
+    before = es(es_url, "GET", f"/{index_name}/_mapping")
+    make_es().check()
+    assert es(es_url, "GET", f"/{index_name}/_mapping") == before
+
+
+@pytest.mark.parametrize(("field", "spec", "problem"), [
+    ("features", {"type": "binary"}, "'features' has store False, expected True"),
+    ("words", {"type": "text"}, "'words' has type 'text', expected 'keyword'"),
+    ("keypoints", {"type": "keyword"}, "'keypoints' has type 'keyword', expected 'integer'"),
+])
+def test_feature_fields_mapped_otherwise_are_refused(make_es: MakeStore, es_url: str, index_name: str,
+                                                     field: str, spec: dict[str, Any], problem: str) -> None:
+    body = index_body(replicas=0)
+    body["mappings"]["properties"][field] = spec
+    es(es_url, "PUT", f"/{index_name}", body)
+    with pytest.raises(IncompatibleIndex) as caught:
+        make_es()
+    assert problem in caught.value.message
+
+
+def test_new_index_keeps_features_out_of_source(make_es: MakeStore, es_url: str, index_name: str) -> None:
+    store = make_es()
+    store.upsert(Record("a.jpg", random_signature(1), {"k": 1}, features=random_features(1)))
+    source = es(es_url, "GET", f"/{index_name}/_doc/{document_id('a.jpg')}")["_source"]
+    assert "features" not in source and "words" not in source
+    assert source["keypoints"] == 100 and source["metadata"] == {"k": 1}
+
+
+def test_word_search_past_the_clause_cap_is_chunked(make_es: MakeStore) -> None:
+    store = make_es()
+    records = [Record(f"f{seed}.jpg", random_signature(seed), features=random_features(seed))
+               for seed in range(8)]
+    store.upsert_many(records)
+    target = records[5].words
+    # Every word of the vocabulary: more clauses than an Elasticsearch node takes (16,384
+    # on a 1 GB heap); the store learns the cap from the refusal and sends chunks.
+    everything = store.search_words(np.arange(65_536), size=8)
+    assert store._max_clauses is not None and store._max_clauses < 65_536
+    assert {hit.filepath for hit in everything} == {record.filepath for record in records}
+
+    # Chunked scores are the sums of the chunks: the same as one query's.
+    whole = store.search_words(target, size=8)
+    assert whole[0].filepath == "f5.jpg"
+    store._max_clauses = 7
+    chunked = store.search_words(target, size=8)
+    assert [hit.filepath for hit in chunked] == [hit.filepath for hit in whole]
+    assert np.allclose([hit.score for hit in chunked], [hit.score for hit in whole], rtol=1e-4)
+
+
+def test_signature_search_does_not_fetch_features(make_es: MakeStore) -> None:
+    store = make_es()
+    store.upsert(Record("a.jpg", random_signature(3), features=random_features(3)))
+    requests: list[dict[str, Any]] = []
+    msearch = store._client.msearch
+
+    def spy(**kwargs: Any) -> Any:
+        requests.append(kwargs)
+        return msearch(**kwargs)
+
+    store._client.msearch = spy  # type: ignore[method-assign]
+    assert store.search(random_signature(3))[0].filepath == "a.jpg"
+    bodies = [body for body in requests[0]["searches"] if "index" not in body]
+    assert bodies and all("features" not in body["_source"] and "stored_fields" not in body
+                          for body in bodies)
+
