@@ -337,6 +337,8 @@ def _pool(jobs: int) -> ProcessPoolExecutor:
 def _signed(files: list[tuple[Path, str]], settings: dict[str, Any],
             jobs: int) -> Iterator[service.SignedImage | str]:
     """Sign ``files`` in order, in ``jobs`` processes (in this one when jobs is 1)."""
+    if not files:
+        return
     if jobs == 1 or len(files) == 1:
         for path, _ in files:
             yield _sign_file(str(path), settings)

@@ -31,7 +31,7 @@ Data shapes: a :class:`Features` holds ``points`` float32 ``(n, 2)`` (x, y in th
 *original* image's pixels), ``descriptors`` uint8 ``(n, 32)``, and the original
 ``width`` and ``height``; ``n`` may be 0 (a flat colour, a line, an 8x8 icon): such an
 image is searched by its signature alone. :func:`encode`/:func:`decode` turn one into
-the compact bytes a store keeps (:func:`stored_size` of them per image).
+the compact bytes a store keeps (about 3.6 kB per image: 12 + 36 bytes a keypoint).
 """
 
 from __future__ import annotations

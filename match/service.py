@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -292,8 +293,7 @@ def search_signed(store: SignatureStore, settings: Mapping[str, Any], signed: Si
     stored = store.get_features(to_verify)
     unverifiable = set(to_verify) - set(stored)
     if unverifiable:
-        log.info("search: %d of %d candidates have no local features yet (run `match reindex`); "
-                 "they are judged by signature alone", len(unverifiable), len(to_verify))
+        _log_unverifiable(len(unverifiable), len(to_verify))
     if len(query) < min_inliers:  # a flat or tiny query: only a sure signature matches
         stored = {}
     names = list(stored)
@@ -312,6 +312,19 @@ def search_signed(store: SignatureStore, settings: Mapping[str, Any], signed: Si
     candidates = [hit for hit in nearest if hit.distance <= cutoff or hit.filepath in verified]
     return fusion.fuse(candidates, verified, distances, metadata, unverifiable=unverifiable,
                        sure=sure, cutoff=cutoff, min_inliers=min_inliers, size=size)
+
+
+_last_backfill_warning = 0.0
+
+
+def _log_unverifiable(missing: int, candidates: int) -> None:
+    """Say, at most once a minute per process, that the index is partly backfilled."""
+    global _last_backfill_warning
+    now = time.monotonic()
+    if now - _last_backfill_warning >= 60.0:
+        _last_backfill_warning = now
+        log.warning("search: %d of %d candidates have no local features yet; they are judged by "
+                    "signature alone until `match reindex` gives them features", missing, candidates)
 
 
 def compare(settings: Mapping[str, Any], data1: bytes, data2: bytes) -> Comparison:

@@ -174,3 +174,27 @@ def test_crowd_group_is_loaded_from_match_crowd_cli(env: dict[str, str],
     monkeypatch.setitem(sys.modules, "match.crowd.cli", module)
     assert "crowd" in run(env, "--help").stdout
     assert run(env, "crowd", "hello").stdout.strip() == "hello from crowd"
+
+
+def test_reindex_backfills_local_features(env: dict[str, str], photo_dir: Path, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    old = dict(env, MATCH_LOCAL_FEATURES="false")  # an index made without local features
+    assert run(old, "add", "photos", "--jobs", "1").exit_code == 0
+    picture = Image.open(photo_dir / "p1.jpg").convert("RGB")
+    width, height = picture.size
+    crop = tmp_path / "crop.jpg"  # the central quarter: its signature is another image's
+    picture.crop((width // 4, height // 4, width * 3 // 4, height * 3 // 4)).save(crop, quality=90)
+    assert json.loads(run(env, "search", str(crop)).stdout) == []
+
+    result = run(env, "reindex", "photos", str(crop), "--jobs", "2")
+    assert result.exit_code == 0, result.output
+    assert "reindexed 6, skipped 2; 0 stored images still have no local features" in result.stderr
+    assert "crop.jpg: not in the index" in result.stderr  # and broken.jpg could not be read
+    hits = json.loads(run(env, "search", str(crop)).stdout)
+    assert [(hit["filepath"], hit["found_by"]) for hit in hits] == [("photos/p1.jpg", ["features"])]
+    x0, y0, x1, y1 = hits[0]["region"]
+    assert abs(x0 - width / 4) < width * 0.03 and abs(y0 - height / 4) < height * 0.03
+    assert abs(x1 - width * 3 / 4) < width * 0.03 and abs(y1 - height * 3 / 4) < height * 0.03
+    again = run(env, "reindex", "photos")  # nothing left to do
+    assert "reindexed 0" in again.stderr
