@@ -152,7 +152,8 @@ def measure_search(count: int, rounds: int) -> None:
             if len(batch) == 5000:
                 store.upsert_many(batch)
                 batch.clear()
-                print(f"  {row + 1 + len(real)} records, {time.perf_counter() - started:.0f} s", file=sys.stderr)
+                elapsed = time.perf_counter() - started
+                print(f"  {row + 1 + len(real)} records, {elapsed:.0f} s", file=sys.stderr)
         store.upsert_many(batch)
         queries = _queries(paths, 40)
         latencies: dict[bool, list[float]] = {True: [], False: []}
@@ -170,7 +171,8 @@ def measure_search(count: int, rounds: int) -> None:
         values = latencies[on]
         print(f"search at {count:,} records, local features {'on ' if on else 'off'}: "
               f"p50 {np.percentile(values, 50):.1f} ms, p99 {np.percentile(values, 99):.1f} ms")
-    print(f"ratio on/off: p50 {np.percentile(latencies[True], 50) / np.percentile(latencies[False], 50):.2f}x")
+    ratio = np.percentile(latencies[True], 50) / np.percentile(latencies[False], 50)
+    print(f"ratio on/off: p50 {ratio:.2f}x")
 
 
 def main(argv: list[str] | None = None) -> int:
