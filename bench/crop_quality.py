@@ -56,7 +56,8 @@ original and to the nearest wrong image, summarised per transform, and the share
 true originals and of nearest wrong images at or below each distance: what the
 "uncertain band" of the fused rule is set from. When hits carry ``inliers``, it also
 prints the inliers of the true original's hit and the most inliers of a wrong hit.
-``--dump-out FILE`` writes one TSV row per query.
+``--dump-out FILE`` writes one TSV row per query, with each method's outcome (``top1``,
+``found``, ``wrong``: other images only, ``none``) and what found the true original.
 """
 
 from __future__ import annotations
@@ -462,6 +463,10 @@ class DistanceRow:
     nearest_wrong_name: str
     true_inliers: int | None
     wrong_inliers: int | None
+    #: Per method: "top1", "found" (in the hits, not first), "wrong" (only other images) or "none".
+    outcome: str = ""
+    #: What found the true original in the fused (else Goldberg) hits, e.g. "signature+features".
+    found_by: str = ""
 
 
 def _tally(tally: Tally, item: Item, hits: list[Hit]) -> None:
@@ -681,8 +686,20 @@ class _Signer:
         true_inliers = next((h.inliers for h in hits
                              if h.filepath == item.name and h.inliers is not None), None)
         wrong = [h.inliers for h in hits if h.filepath != item.name and h.inliers is not None]
+        own_hit = next((h for h in hits if h.filepath == item.name), None)
         return DistanceRow(item.name, transform, item.indexed, true, float(distances[nearest]),
-                           self.names[nearest], true_inliers, max(wrong) if wrong else None)
+                           self.names[nearest], true_inliers, max(wrong) if wrong else None,
+                           outcome=",".join(f"{method}={_outcome(item, found)}"
+                                            for method, found in method_hits.items()),
+                           found_by="+".join(own_hit.found_by) if own_hit is not None else "")
+
+
+def _outcome(item: Item, hits: list[Hit]) -> str:
+    if not hits:
+        return "none"
+    if hits[0].filepath == item.name:
+        return "top1"
+    return "found" if any(hit.filepath == item.name for hit in hits) else "wrong"
 
 
 def _quantiles(values: list[float], qs: Sequence[float]) -> str:
@@ -729,12 +746,13 @@ def _dump(rows: list[DistanceRow], transforms: list[str], out: str) -> None:
     if out:
         with open(out, "w") as handle:
             handle.write("name\ttransform\tindexed\ttrue_distance\tnearest_wrong\tnearest_wrong_name"
-                         "\ttrue_inliers\twrong_inliers\n")
+                         "\ttrue_inliers\twrong_inliers\toutcome\tfound_by\n")
             for r in rows:
                 handle.write(f"{r.name}\t{r.transform}\t{int(r.indexed)}\t{r.true_distance:.4f}\t"
                              f"{r.nearest_wrong:.4f}\t{r.nearest_wrong_name}\t"
                              f"{'' if r.true_inliers is None else r.true_inliers}\t"
-                             f"{'' if r.wrong_inliers is None else r.wrong_inliers}\n")
+                             f"{'' if r.wrong_inliers is None else r.wrong_inliers}\t"
+                             f"{r.outcome}\t{r.found_by}\n")
         print(f"wrote {out}")
 
 
